@@ -89,8 +89,16 @@ def generate(
     from strop.commands.infer import generate_command
 
     generate_command(
-        model, adapter, input, output, max_new_tokens, temperature, top_p, stop or [],
-        batch_size, seed,
+        model,
+        adapter,
+        input,
+        output,
+        max_new_tokens,
+        temperature,
+        top_p,
+        stop or [],
+        batch_size,
+        seed,
     )
 
 

@@ -73,7 +73,9 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             _build_smollm2,
         ),
         KnownModel(
-            "tiny-llama", "random Llama, Llama-3-style chat template, no biases", _build_tiny("llama")
+            "tiny-llama",
+            "random Llama, Llama-3-style chat template, no biases",
+            _build_tiny("llama"),
         ),
         KnownModel(
             "tiny-qwen2", "random Qwen2, ChatML template, q/k/v biases", _build_tiny("qwen2")

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config
-from transformers import Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 # Llama-3 style: one BOS, header-delimited roles, <|eot_id|> closes every turn.
 LLAMA3_STYLE_TEMPLATE = (
@@ -37,8 +42,14 @@ CHATML_TEMPLATE = (
 
 _STYLES = {
     "llama": {
-        "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                     "<|end_header_id|>", "<|eot_id|>", "<|pad|>"],
+        "specials": [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|pad|>",
+        ],
         "bos": "<|begin_of_text|>",
         "eos": "<|eot_id|>",
         "pad": "<|pad|>",

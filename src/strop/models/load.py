@@ -10,8 +10,14 @@ import torch
 from strop.errors import StropError
 from strop.hub import resolve_model
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def quiet_transformers() -> None:
@@ -44,13 +50,17 @@ def load_tokenizer(model_dir: Path):
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "auto", adapter: str | None = None):
+def load_model(
+    name_or_path: str, dtype: str = "auto", adapter: str | None = None, attn: str = "sdpa"
+):
     """Return (model, tokenizer, model_dir). With ``adapter``, the PEFT adapter is applied."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     model_dir = resolve_model(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=resolve_dtype(dtype), attn_implementation=attn
+    )
     tok_dir = model_dir
     if adapter is not None:
         model = apply_adapter(model, Path(adapter))

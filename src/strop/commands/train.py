@@ -1,0 +1,22 @@
+"""`strop train CONFIG.yaml [overrides]`."""
+
+from __future__ import annotations
+
+import sys
+
+from strop.config import load_config
+
+
+def train_command(config: str, overrides: list[str]) -> None:
+    from strop.train.loop import Interrupted, train
+
+    cfg = load_config(config, overrides)
+    try:
+        result = train(cfg)
+    except Interrupted as exc:
+        print(f"strop: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    msg = f"done: {result.steps} steps; final artifacts in {result.final_dir}"
+    if result.eval_loss is not None:
+        msg += f"; eval loss {result.eval_loss:.4f}"
+    print(msg)

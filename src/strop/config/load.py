@@ -1,0 +1,94 @@
+"""YAML + dotted overrides -> validated Config, with errors that name the key."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from strop.config.schema import Config
+from strop.errors import StropError
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML (1e-4, true, [..])."""
+    if "=" not in override:
+        raise StropError(f"override {override!r}: expected key.path=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise StropError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at ``loc`` (walking nested sections)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            suggestion = ".".join([*map(str, loc[:-1]), close[0]]) if close else ""
+            hint = f"; did you mean {suggestion!r}?" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            problems.append(f"{key}: {msg}{shown}" if not msg.startswith(key) else msg)
+    return f"{source}: " + "; ".join(problems)
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), raw: dict | None = None
+) -> Config:
+    """Read YAML (or take ``raw``), apply overrides, validate strictly."""
+    tree: dict[str, Any] = dict(raw or {})
+    source = "config"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise StropError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise StropError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(loaded, dict):
+            raise StropError(f"{path}: expected a mapping of sections at the top level")
+        tree.update(loaded)
+    for ov in overrides:
+        apply_override(tree, ov)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        raise StropError(format_validation_error(exc, source, Config)) from None
+    from strop.models.transforms import validate_method_params
+
+    validate_method_params(cfg.method, source)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

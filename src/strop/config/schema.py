@@ -1,0 +1,90 @@
+"""Typed config sections (contract names from DESIGN.md §1). Unknown keys are errors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = "smollm2-135m-instruct"
+    """Known model name, local HF dir, or .gguf file."""
+    dtype: str = "auto"
+    """Weight dtype: auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16 | fp16."""
+    attn: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel. Packing always passes an explicit per-document mask."""
+
+
+class DataSection(Section):
+    train: str | list[str] = ""
+    """Training file(s): .jsonl .json .csv .parquet."""
+    eval: float | str | None = 0.1
+    """A fraction of train held out (deterministic by seed), a path, or null."""
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
+    text_field: str = "text"
+    max_length: int = Field(1024, ge=8)
+    packing: bool = True
+    mask: Literal["assistant", "last", "all"] = "assistant"
+    """Which tokens carry loss in chat data: all assistant turns, the last one, or everything."""
+    truncation: Literal["right", "drop"] = "right"
+    """Over-long samples: cut at max_length (right) or drop them. Either way a sample left with
+    no target token is dropped and counted."""
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    """Stop before training if more than this share of rows is malformed."""
+
+
+class TrainSection(Section):
+    output_dir: str = "runs/my-run"
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    """Sequences (or packed rows) per micro-batch per process."""
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2.0e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: float = Field(0.03, ge=0)
+    """Warmup as a fraction of total steps (< 1) or a number of steps (>= 1)."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=0)
+    save_every: int = Field(200, ge=0)
+    keep_last: int = Field(2, ge=1)
+    resume: str = "auto"
+    """auto (newest committed checkpoint in output_dir) | never | a checkpoint path."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision. auto = bf16 autocast on bf16-capable GPUs, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    nan_policy: Literal["skip", "stop"] = "skip"
+    """On a NaN/inf loss or gradient: skip the update and count it, or stop naming the step."""
+    max_nan_skips: int = Field(10, ge=0)
+    loss_chunk: int = Field(1024, ge=16)
+    """Target positions per LM-head chunk: full-vocabulary logits never exist for more."""
+    distributed: Literal["none", "ddp", "fsdp2"] = "none"
+    tensorboard: bool = True
+    progress: bool = True
+    save_merged: bool = False
+    """Adapter methods: also write final-merged/ (adapter folded into the base)."""
+
+
+class Config(Section):
+    model: ModelSection = ModelSection()
+    stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "ppo", "grpo"] = "sft"
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "lora"})
+    """Validated by the chosen method's own params class (strop.models.transforms)."""
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Config:
+        if not self.data.train:
+            raise ValueError("data.train: required (path to the training file)")
+        return self

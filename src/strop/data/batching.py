@@ -1,0 +1,130 @@
+"""Packing, collation and the resumable, shardable sampler.
+
+Packed rows hold several documents; position ids restart per document and the attention mask
+is block-diagonal causal, so no token ever attends across a document boundary (position ids
+alone do not isolate documents under SDPA: DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from strop.data.render import IGNORE, Sample
+
+
+@dataclass
+class Row:
+    """A training row: one sample, or several packed end to end."""
+
+    input_ids: list[int]
+    labels: list[int]
+    doc_lens: list[int]
+
+
+def pack(samples: list[Sample], max_length: int) -> list[Row]:
+    """First-fit-decreasing bin packing into rows of at most ``max_length`` tokens.
+
+    Deterministic for a given sample list; the sampler shuffles rows afterwards.
+    """
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i].input_ids), i))
+    bins: list[list[int]] = []
+    space: list[int] = []
+    for i in order:
+        n = len(samples[i].input_ids)
+        for b, free in enumerate(space):
+            if n <= free:
+                bins[b].append(i)
+                space[b] -= n
+                break
+        else:
+            bins.append([i])
+            space.append(max_length - n)
+    rows = []
+    for members in bins:
+        members.sort()  # keep source order inside a row: deterministic and readable
+        ids = [t for i in members for t in samples[i].input_ids]
+        labels = [t for i in members for t in samples[i].labels]
+        rows.append(Row(ids, labels, [len(samples[i].input_ids) for i in members]))
+    return rows
+
+
+def unpacked(samples: list[Sample]) -> list[Row]:
+    return [Row(s.input_ids, s.labels, [len(s.input_ids)]) for s in samples]
+
+
+def collate(rows: list[Row], pad_id: int, dtype: torch.dtype = torch.float32) -> dict:
+    """Right-pad to the longest row. Packed rows get a 4-D additive block-diagonal causal mask;
+    rows of one document each get the usual 2-D padding mask."""
+    width = max(len(r.input_ids) for r in rows)
+    b = len(rows)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    labels = torch.full((b, width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    doc_ids = torch.full((b, width), -1, dtype=torch.long)  # -1 marks padding
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        input_ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        pos, doc = [], []
+        for d, length in enumerate(r.doc_lens):
+            pos.extend(range(length))
+            doc.extend([d] * length)
+        position_ids[i, :n] = torch.tensor(pos)
+        doc_ids[i, :n] = torch.tensor(doc)
+    # Labels are predicted from the previous position: a document's first token must never be
+    # a target of the previous document's last token.
+    starts = torch.zeros_like(labels, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    labels = labels.masked_fill(starts, IGNORE)
+    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if any(len(r.doc_lens) > 1 for r in rows):
+        same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        allowed = same_doc & causal & (doc_ids[:, :, None] >= 0)
+        # Padding rows attend to themselves only, so softmax never sees an all-masked row.
+        allowed |= torch.eye(width, dtype=torch.bool)
+        mask = torch.zeros(b, 1, width, width, dtype=dtype)
+        batch["attention_mask"] = mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    else:
+        batch["attention_mask"] = (doc_ids >= 0).long()
+    return batch
+
+
+class ShardedSampler:
+    """Deterministic per-epoch shuffling by seed, split across ranks, resumable mid-epoch.
+
+    Every optimizer step consumes ``batch_size * grad_accum`` rows per rank; the tail of an
+    epoch that does not fill a whole step on every rank is skipped (and logged by the caller).
+    """
+
+    def __init__(self, n_rows: int, rows_per_step: int, seed: int, rank: int = 0, world: int = 1):
+        self.n_rows, self.rows_per_step = n_rows, rows_per_step
+        self.seed, self.rank, self.world = seed, rank, world
+        self.steps_per_epoch = n_rows // (rows_per_step * world)
+        self.epoch, self.step_in_epoch = 0, 0
+        self._cached: tuple[int, list[int]] | None = None
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._cached is None or self._cached[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
+            self._cached = (epoch, torch.randperm(self.n_rows, generator=g).tolist())
+        return self._cached[1]
+
+    def next_step(self) -> list[int]:
+        """Row indices for this rank's next optimizer step."""
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        order = self._order(self.epoch)
+        per_step = self.rows_per_step * self.world
+        chunk = order[self.step_in_epoch * per_step : (self.step_in_epoch + 1) * per_step]
+        self.step_in_epoch += 1
+        return chunk[self.rank :: self.world]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]

@@ -1,0 +1,88 @@
+"""From config to training rows: read + validate, split, tokenise with masks, pack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from strop.config.schema import DataSection
+from strop.data.batching import Row, pack, unpacked
+from strop.data.records import Record
+from strop.data.render import Sample, TokenizeStats, tokenize_records
+from strop.errors import StropError
+
+# Which records each stage needs: raw text for continued pre-training, chats otherwise.
+STAGE_KIND = {"pt": "text", "sft": "chat"}
+
+
+@dataclass
+class Split:
+    samples: list[Sample]
+    rows: list[Row]
+    stats: TokenizeStats
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Datasets:
+    train: Split
+    eval: Split | None
+    summaries: list[str]
+
+
+def _read(paths, data: DataSection, kind: str, quarantine: Path | None):
+    from strop.data.validate import load_records
+
+    res = load_records(
+        paths,
+        data.format,
+        kind=kind,
+        quarantine_path=quarantine,
+        max_bad_fraction=data.max_bad_fraction,
+        text_field=data.text_field,
+    )
+    return res.records, res.summary()
+
+
+def split_holdout(records: list[Record], fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic held-out split by seed; at least one record on each side."""
+    if not 0 < fraction < 1:
+        raise StropError(f"data.eval: a held-out fraction must be in (0, 1), got {fraction}")
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, round(len(records) * fraction))
+    if n_eval >= len(records):
+        raise StropError(f"data.eval={fraction} leaves no training records ({len(records)} read)")
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+def _tokenize(tokenizer, records, data: DataSection, packing: bool) -> Split:
+    samples, stats, dropped = tokenize_records(
+        tokenizer, records, mask=data.mask, max_length=data.max_length, truncation=data.truncation
+    )
+    rows = pack(samples, data.max_length) if packing else unpacked(samples)
+    return Split(samples, rows, stats, dropped)
+
+
+def build_datasets(
+    data: DataSection, stage: str, tokenizer, seed: int, run_dir: Path | None = None
+) -> Datasets:
+    kind = STAGE_KIND.get(stage)
+    if kind is None:
+        raise StropError(f"stage: {stage!r} has no data pipeline yet (supported: pt, sft)")
+    q = (lambda name: run_dir / f"quarantine-{name}.jsonl") if run_dir else (lambda name: None)
+    train_records, summary = _read(data.train, data, kind, q("train"))
+    summaries = [summary]
+    eval_records = None
+    if isinstance(data.eval, float | int) and not isinstance(data.eval, bool) and data.eval > 0:
+        train_records, eval_records = split_holdout(train_records, float(data.eval), seed)
+    elif isinstance(data.eval, str) and data.eval:
+        eval_records, summary = _read(data.eval, data, kind, q("eval"))
+        summaries.append(summary)
+    train = _tokenize(tokenizer, train_records, data, data.packing)
+    if not train.rows:
+        raise StropError(f"{data.train}: no trainable sample left ({train.stats.describe()})")
+    ev = _tokenize(tokenizer, eval_records, data, data.packing) if eval_records else None
+    return Datasets(train, ev, summaries)

@@ -1,0 +1,209 @@
+"""Batched text generation for chat models (plain HF models and PEFT-wrapped ones).
+
+Prompts are rendered with the tokenizer's chat template, sorted by length so each batch pads
+little, left-padded (decoder-only models continue from the last position, so padding must sit
+on the left), generated with the KV cache and returned in the caller's order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from strop.errors import StropError
+
+# End-of-turn markers of common chat templates: a model may emit one of these rather than the
+# tokenizer's eos (e.g. Llama-3 models end turns with <|eot_id|> but declare <|end_of_text|>).
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+    "</s>",
+)
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 => greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    seed: int = 0
+
+
+def render_prompt(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
+    """Apply the chat template, ending with the assistant header so the model answers next."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None and not (messages and messages[0].get("role") == "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    if not getattr(tokenizer, "chat_template", None):
+        raise StropError(
+            f"tokenizer of {tokenizer.name_or_path!r} has no chat_template; "
+            "use a chat/instruct model"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a reply: the configured eos plus any known end-of-turn token."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list | tuple):
+            ids.update(int(i) for i in eos)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return sorted(ids)
+
+
+def _check_params(params: GenerationParams) -> None:
+    if params.max_new_tokens < 1:
+        raise StropError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if params.batch_size < 1:
+        raise StropError(f"batch_size must be >= 1, got {params.batch_size}")
+    if params.temperature < 0:
+        raise StropError(f"temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise StropError(f"top_p must be in (0, 1], got {params.top_p}")
+
+
+class _StopStrings:
+    """Stopping criterion: a row is done once its generated text holds a stop string.
+
+    Only the last few tokens are decoded per step: a stop string of n characters spans at most
+    4n tokens (a byte-level tokenizer may spend one token per UTF-8 byte), so the check stays
+    cheap.
+    """
+
+    def __init__(self, tokenizer, stops: list[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
+        self.window = 4 * max(len(s) for s in stops) + 4
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        tails = input_ids[:, self.prompt_len :][:, -self.window :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _generation_kwargs(model, tokenizer, params: GenerationParams) -> dict:
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id
+    eos = stop_token_ids(model, tokenizer)
+    if pad is None:
+        pad = eos[0] if eos else 0
+    # A fresh config so a model's own sampling defaults never leak into greedy decoding.
+    cfg = GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=params.temperature > 0,
+        eos_token_id=eos or None,
+        pad_token_id=pad,
+        use_cache=True,
+    )
+    if params.temperature > 0:
+        cfg.temperature, cfg.top_p, cfg.top_k = params.temperature, params.top_p, 0
+    return {"generation_config": cfg}
+
+
+def _cut(ids: list[int], stop_ids: set[int]) -> tuple[list[int], int]:
+    """Drop everything from the first stop token on; also return how many tokens were made."""
+    for i, tok in enumerate(ids):
+        if tok in stop_ids:
+            return ids[:i], i + 1
+    return ids, len(ids)
+
+
+def _truncate_at_stops(text: str, stops: list[str]) -> str:
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+@contextlib.contextmanager
+def _left_padding(tokenizer) -> Iterator[None]:
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = old
+
+
+def _batches(order: list[int], size: int, progress: bool) -> Iterator[list[int]]:
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    if not progress:
+        yield from chunks
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("generating", total=len(order))
+        for chunk in chunks:
+            yield chunk
+            bar.advance(task, len(chunk))
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str | list[dict]],
+    params: GenerationParams,
+    system: str | None = None,
+    progress: bool = False,
+    stats: dict | None = None,
+) -> list[str]:
+    """Complete every prompt; returns texts in input order. ``stats`` (if given) receives
+    ``new_tokens``, the number of tokens generated in total."""
+    from transformers import StoppingCriteriaList
+
+    _check_params(params)
+    rendered = [render_prompt(tokenizer, p, system) for p in prompts]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rendered]
+    # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    kwargs = _generation_kwargs(model, tokenizer, params)
+    # Rows that finish early are filled with pad, so pad ends a reply too.
+    stop_ids = set(stop_token_ids(model, tokenizer)) | {kwargs["generation_config"].pad_token_id}
+    device = next(model.parameters()).device
+    out: list[str] = [""] * len(prompts)
+    new_tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with _left_padding(tokenizer), torch.inference_mode(), _seeded(params.seed, device):
+            for chunk in _batches(order, params.batch_size, progress):
+                batch = tokenizer.pad(
+                    {"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt"
+                ).to(device)
+                prompt_len = batch["input_ids"].shape[1]
+                criteria = StoppingCriteriaList()
+                if params.stop:
+                    criteria.append(_StopStrings(tokenizer, params.stop, prompt_len))
+                seqs = model.generate(**batch, **kwargs, stopping_criteria=criteria)
+                for i, row in zip(chunk, seqs[:, prompt_len:].tolist(), strict=True):
+                    ids, made = _cut(row, stop_ids)
+                    new_tokens += made
+                    text = tokenizer.decode(ids, skip_special_tokens=True)
+                    out[i] = _truncate_at_stops(text, params.stop)
+    finally:
+        model.train(was_training)
+    if stats is not None:
+        stats["new_tokens"] = new_tokens
+    return out
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed sampling once per call without disturbing the caller's global RNG state."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

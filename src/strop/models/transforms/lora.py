@@ -1,0 +1,52 @@
+"""LoRA (Hu et al., 2021) through peft, so adapters stay in the standard format.
+
+Options: rsLoRA (Kalajdzievski, 2023: scale alpha/sqrt(r) instead of alpha/r) and LoRA+
+(Hayou et al., 2024: B matrices learn ``loraplus_lr_ratio`` times faster than A).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LoraParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1)
+    alpha: float = 32
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: str | list[str] = "all-linear"
+    """'all-linear' (every linear layer but the LM head) or a list of module names."""
+    rslora: bool = False
+    loraplus_lr_ratio: float | None = Field(None, gt=0)
+    """LoRA+: learning rate of B = lr * ratio (the paper suggests ~16)."""
+    init: str | bool = True
+    """peft's init_lora_weights: True (B=0, so training starts at the base model), 'gaussian',
+    'pissa', ... ; False gives random B (tests only)."""
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+def apply(model, params: LoraParams):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=params.r,
+        lora_alpha=params.alpha,
+        lora_dropout=params.dropout,
+        target_modules=params.targets,
+        use_rslora=params.rslora,
+        init_lora_weights=params.init,
+        modules_to_save=params.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def lr_multipliers(model, params: LoraParams) -> dict[str, float]:
+    """Per-parameter-name learning-rate multipliers (LoRA+ scales lora_B)."""
+    if not params.loraplus_lr_ratio:
+        return {}
+    return {
+        n: params.loraplus_lr_ratio
+        for n, p in model.named_parameters()
+        if p.requires_grad and "lora_B" in n
+    }

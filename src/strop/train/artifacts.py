@@ -1,0 +1,80 @@
+"""What a finished run leaves behind: final/ (PEFT adapter or HF model + tokenizer),
+optionally final-merged/, a loss-curve PNG and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+
+def full_state_dict(objective: nn.Module) -> dict[str, torch.Tensor]:
+    """The inner model's full (unsharded, CPU) state dict; every rank must call this."""
+    sd = get_model_state_dict(
+        objective, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    return {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")}
+
+
+def save_final(
+    model: nn.Module, state: dict, tokenizer, out: Path, is_adapter: bool, base_dir: Path
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if is_adapter:
+        # Adapters point at the local base dir so peft/transformers load them offline.
+        for cfg in model.peft_config.values():
+            cfg.base_model_name_or_path = str(base_dir)
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def save_merged(model: nn.Module, tokenizer, out: Path) -> None:
+    """Fold LoRA into the base weights and write a plain HF dir (works on a copy's weights)."""
+    merged = model.merge_and_unload(safe_merge=True)
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    """loss.png from metrics.jsonl: training loss per logged step and eval loss."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per target token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, summary: dict) -> Path:
+    lines = ["# strop run report", ""]
+    for key, value in summary.items():
+        lines.append(f"- **{key}**: {value}")
+    if (run_dir / "loss.png").exists():
+        lines += ["", "![loss](loss.png)"]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,89 @@
+"""Metrics to console (progress bar with rate and ETA), metrics.jsonl and TensorBoard.
+
+Only rank 0 logs; other ranks get a logger whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class MetricsLogger:
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        progress: bool,
+        tensorboard: bool,
+    ):
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self._file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                self._tb = None
+        self._progress = None
+        if enabled and progress:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(
+                "train", total=total_steps, completed=start_step, status="", rate=""
+            )
+            self._progress.start()
+
+    def print(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(msg, highlight=False)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def advance(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
+        if self._progress is None:
+            return
+        status = f"loss {loss:.4f}" if loss is not None else ""
+        rate = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
+        self._progress.update(self._task, completed=step, status=status, rate=rate)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()

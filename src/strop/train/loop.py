@@ -1,0 +1,308 @@
+"""THE training loop: every stage, every method, one process or many.
+
+It owns accumulation, loss normalisation by the global count of target tokens, clipping, the
+schedule, precision, checkpoint/resume, eval and logging. It never branches on the stage name:
+the stage only picks the objective (strop.train.objectives) and the data kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from strop.config.load import dump_config
+from strop.config.schema import Config
+from strop.data.batching import ShardedSampler, collate
+from strop.data.dataset import build_datasets
+from strop.data.render import IGNORE
+from strop.errors import StropError, StropRuntimeError
+from strop.models.load import load_model
+from strop.models.transforms import count_trainable, parse_method
+from strop.train import artifacts, checkpoint, distributed
+from strop.train.logger import MetricsLogger
+from strop.train.objectives import OBJECTIVES
+from strop.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved at ``step``."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved, rerun to resume")
+        self.step, self.exit_code = step, 128 + signum
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    final_dir: Path | None
+    history: list[dict] = field(default_factory=list)
+    eval_loss: float | None = None
+
+
+def _autocast(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class _Signals:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            # signal() raises ValueError off the main thread (e.g. a test runner's thread).
+            with contextlib.suppress(ValueError):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@torch.no_grad()
+def evaluate(module, rows, cfg: Config, d: distributed.Dist, pad_id: int) -> dict:
+    """Mean cross-entropy per target token (and perplexity) over the eval rows, all ranks."""
+    module.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+    count = torch.zeros((), dtype=torch.float64, device=d.device)
+    mine = rows[d.rank :: d.world]
+    for i in range(0, len(mine), cfg.train.batch_size):
+        batch = _to(collate(mine[i : i + cfg.train.batch_size], pad_id), d.device)
+        with _autocast(cfg.train.precision, d.device):
+            out = module(**batch)
+        loss_sum += out["loss_sum"].double()
+        count += out["n_targets"].double()
+    module.train()
+    loss = (d.all_sum(loss_sum) / d.all_sum(count).clamp(min=1)).item()
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+
+def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
+    if sampler.steps_per_epoch == 0:
+        need = cfg.train.batch_size * cfg.train.grad_accum
+        raise StropError(
+            f"{cfg.data.train}: {sampler.n_rows} training rows cannot fill one optimizer step "
+            f"(train.batch_size x train.grad_accum x processes = {need * sampler.world})"
+        )
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * sampler.steps_per_epoch))
+
+
+def _step_batches(rows, indices, cfg: Config, pad_id: int, device) -> tuple[list, torch.Tensor]:
+    bs = cfg.train.batch_size
+    batches = [
+        _to(collate([rows[j] for j in indices[i : i + bs]], pad_id), device)
+        for i in range(0, len(indices), bs)
+    ]
+    n_local = sum((b["labels"][:, 1:] != IGNORE).sum() for b in batches)
+    return batches, torch.as_tensor(n_local, dtype=torch.float64, device=device)
+
+
+def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
+    transform, params = parse_method(cfg.method)
+    torch.manual_seed(cfg.train.seed)  # same init on every rank
+    model, tokenizer, model_dir = load_model(cfg.model.name, cfg.model.dtype, attn=cfg.model.attn)
+    model = transform.apply(model, params)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(d.device)
+    data = build_datasets(
+        cfg.data, cfg.stage, tokenizer, cfg.train.seed, run_dir if d.is_main else None
+    )
+    for s in data.summaries:
+        log(s)
+    lr_mult = transform.lr_multipliers(model, params) if transform.lr_multipliers else {}
+    return transform, model, tokenizer, model_dir, data, lr_mult
+
+
+def train(cfg: Config) -> RunResult:
+    d = distributed.setup(cfg.train.distributed)
+    run_dir = Path(cfg.train.output_dir)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    log = print if d.is_main else (lambda *a, **k: None)
+    try:
+        return _run(cfg, d, run_dir, log)
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
+    transform, model, tokenizer, model_dir, data, lr_mult = _prepare(cfg, d, run_dir, log)
+    trainable, total = count_trainable(model)
+    log(
+        f"method {cfg.method['name']}: {trainable:,} of {total:,} parameters train "
+        f"({100 * trainable / total:.3f}%)"
+    )
+    log(f"train: {data.train.stats.describe()}; {len(data.train.rows)} rows")
+    if data.eval:
+        log(f"eval:  {data.eval.stats.describe()}; {len(data.eval.rows)} rows")
+    objective = OBJECTIVES[cfg.stage](model, cfg.train.loss_chunk)
+    module = distributed.wrap(objective, d)
+    optimizer = build_optimizer(objective, cfg.train, lr_mult)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    rows = data.train.rows
+    sampler = ShardedSampler(
+        len(rows), cfg.train.batch_size * cfg.train.grad_accum, cfg.train.seed, d.rank, d.world
+    )
+    total_steps = _total_steps(cfg, sampler)
+    warmup = warmup_steps(cfg.train, total_steps)
+    ckpt_root = run_dir / "checkpoints"
+    state = {"step": 0, "tokens": 0, "nan_skips": 0}
+    resume_from = checkpoint.find_resume(ckpt_root, cfg.train.resume)
+    if resume_from is not None:
+        state = checkpoint.load_checkpoint(resume_from, module, optimizer)
+        sampler.load_state_dict(state["sampler"])
+        log(f"resumed from {resume_from} at step {state['step']}")
+    else:
+        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank, reproducibly
+    pad_id = tokenizer.pad_token_id
+    logger = MetricsLogger(
+        run_dir, total_steps, state["step"], d.is_main, cfg.train.progress, cfg.train.tensorboard
+    )
+    history: list[dict] = []
+    last_eval = None
+    t_last, tok_last = time.perf_counter(), state["tokens"]
+
+    def save(step: int) -> None:
+        state["sampler"] = sampler.state_dict()
+        checkpoint.save_checkpoint(ckpt_root, step, module, optimizer, state, cfg.train.keep_last)
+
+    module.train()
+    with _Signals() as signals:
+        while state["step"] < total_steps:
+            if signals.signum:
+                save(state["step"])
+                logger.close()
+                raise Interrupted(state["step"], signals.signum)
+            step = state["step"]
+            batches, n_local = _step_batches(rows, sampler.next_step(), cfg, pad_id, d.device)
+            n_global = d.all_sum(n_local.clone()).clamp(min=1)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+            for i, batch in enumerate(batches):
+                last = i == len(batches) - 1
+                sync = (
+                    module.no_sync() if (d.mode == "ddp" and not last) else contextlib.nullcontext()
+                )
+                with sync, _autocast(cfg.train.precision, d.device):
+                    out = module(**batch)
+                    # Gradients are averaged over ranks by DDP/FSDP, hence the x world.
+                    (out["loss_sum"] * (d.world / n_global)).backward()
+                loss_sum += out["loss_sum"].detach().double()
+            loss = (d.all_sum(loss_sum) / n_global).item()
+            max_norm = cfg.train.max_grad_norm or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            factor = lr_factor(
+                step, total_steps, warmup, cfg.train.schedule, cfg.train.min_lr_ratio
+            )
+            lr = set_lr(optimizer, cfg.train.lr, factor)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                _handle_nonfinite(cfg, state, step, loss, grad_norm, log)
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            state["tokens"] += int(n_global.item())
+            record = {
+                "step": step + 1,
+                "epoch": round(sampler.epoch + sampler.step_in_epoch / sampler.steps_per_epoch, 4),
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": state["tokens"],
+                "nan_skips": state["nan_skips"],
+            }
+            history.append(record)
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
+                now = time.perf_counter()
+                record["target_tokens_per_s"] = (state["tokens"] - tok_last) / max(
+                    now - t_last, 1e-9
+                )
+                t_last, tok_last = now, state["tokens"]
+                logger.log(record)
+            logger.advance(step + 1, loss, record.get("target_tokens_per_s"))
+            if data.eval and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
+                last_eval = evaluate(module, data.eval.rows, cfg, d, pad_id)
+                logger.log({"step": step + 1, **last_eval})
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                save(step + 1)
+    if data.eval and (
+        last_eval is None
+        or history[-1:]
+        and cfg.train.eval_every
+        and total_steps % cfg.train.eval_every
+    ):
+        last_eval = evaluate(module, data.eval.rows, cfg, d, pad_id)
+        logger.log({"step": state["step"], **last_eval})
+    logger.close()
+    final_dir = _finish(
+        cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval
+    )
+    return RunResult(
+        run_dir, state["step"], final_dir, history, last_eval and last_eval["eval_loss"]
+    )
+
+
+def _handle_nonfinite(
+    cfg: Config, state: dict, step: int, loss: float, grad_norm: float, log
+) -> None:
+    what = f"loss {loss}, grad norm {grad_norm}"
+    if cfg.train.nan_policy == "stop":
+        raise StropRuntimeError(f"non-finite {what} at step {step + 1}; stopping (nan_policy=stop)")
+    state["nan_skips"] += 1
+    log(f"step {step + 1}: non-finite {what}; update skipped ({state['nan_skips']} so far)")
+    if state["nan_skips"] > cfg.train.max_nan_skips:
+        raise StropRuntimeError(
+            f"{state['nan_skips']} non-finite steps (last at step {step + 1}) exceed "
+            f"train.max_nan_skips={cfg.train.max_nan_skips}; check lr and data"
+        )
+
+
+def _finish(cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval):
+    full = artifacts.full_state_dict(objective)  # a collective: every rank takes part
+    final_dir = run_dir / "final"
+    if d.is_main:
+        artifacts.save_final(model, full, tokenizer, final_dir, transform.is_adapter, model_dir)
+        if cfg.train.save_merged and transform.is_adapter:
+            merged_src, _, _ = load_model(str(model_dir), cfg.model.dtype, adapter=str(final_dir))
+            artifacts.save_merged(merged_src, tokenizer, run_dir / "final-merged")
+        artifacts.plot_losses(run_dir)
+        summary = {
+            "stage": cfg.stage,
+            "method": cfg.method["name"],
+            "model": cfg.model.name,
+            "steps": state["step"],
+            "target tokens trained": state["tokens"],
+            "non-finite steps skipped": state["nan_skips"],
+            "final": str(final_dir),
+        }
+        if last_eval:
+            summary.update({k: round(v, 4) for k, v in last_eval.items()})
+        artifacts.write_report(run_dir, summary)
+    return final_dir
