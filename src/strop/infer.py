@@ -142,9 +142,11 @@ def _batches(order: list[int], size: int, progress: bool) -> Iterator[list[int]]
     if not progress:
         yield from chunks
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # On stderr so piping stdout (or the output summary) is never mixed with bar redraws.
+    with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generating", total=len(order))
         for chunk in chunks:
             yield chunk

@@ -118,7 +118,8 @@ def generate_command(
     loaded, tokenizer = _load(model, adapter)
     stats: dict = {}
     start = time.perf_counter()
-    completions = generate(loaded, tokenizer, prompts, params, progress=True, stats=stats)
+    show_bar = sys.stderr.isatty()  # a bar in a log file is only noise
+    completions = generate(loaded, tokenizer, prompts, params, progress=show_bar, stats=stats)
     elapsed = max(time.perf_counter() - start, 1e-9)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,13 +70,20 @@ def target_spans(tokenizer, record: Record, mask: str) -> tuple[str, list[tuple[
 
 def tokenize_chat(tokenizer, record: Record, mask: str) -> Sample:
     text, spans = target_spans(tokenizer, record, mask)
-    # The template already holds any BOS, so the tokenizer must not add another.
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE] * len(ids)
-    for t, (start, _end) in enumerate(offsets):
-        if any(s <= start < e for s, e in spans):
-            labels[t] = ids[t]
+    # Prompt and target pieces are tokenised separately, as at inference (the prompt is encoded
+    # alone, then the model generates): no token straddles a boundary. Tokenising the whole text
+    # lets BPE merge the header's "\n" with an answer's leading whitespace (SmolLM2), so that
+    # whitespace would never be trained. The template already holds any BOS: add none.
+    ids: list[int] = []
+    labels: list[int] = []
+    pos = 0
+    for start, end in [*spans, (len(text), len(text))]:
+        for piece, trained in ((text[pos:start], False), (text[start:end], True)):
+            if piece:
+                piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += piece_ids
+                labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+        pos = end
     return Sample(ids, labels, record.origin)
 
 

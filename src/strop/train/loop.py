@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from strop.train import artifacts, checkpoint, distributed
 from strop.train.logger import MetricsLogger
 from strop.train.objectives import OBJECTIVES
 from strop.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps
+
+
+FAULT_ENV = "STROP_FAULT_AFTER_STEP"  # fault injection for the exact-resume test
 
 
 class Interrupted(Exception):
@@ -252,6 +256,8 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 logger.log({"step": step + 1, **last_eval})
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save(step + 1)
+            if os.environ.get(FAULT_ENV) == str(step + 1):  # tests: a real SIGTERM mid-run
+                os.kill(os.getpid(), signal.SIGTERM)
     if data.eval and (
         last_eval is None
         or history[-1:]

@@ -1,0 +1,65 @@
+"""Small deterministic data for tests: short chats and texts so tiny models train in ms."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+WORDS = "alpha beta gamma delta kilo lima tango zulu red green blue one two three".split()
+
+
+def _sentence(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def write_chat_jsonl(path: Path, n: int = 24, seed: int = 0, turns: tuple[int, int] = (1, 2)) -> Path:
+    """Ragged multi-turn conversations in OpenAI messages format."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            messages = []
+            if rng.random() < 0.3:
+                messages.append({"role": "system", "content": _sentence(rng, 2, 5)})
+            for _ in range(rng.randint(*turns)):
+                messages.append({"role": "user", "content": _sentence(rng, 2, 12)})
+                messages.append({"role": "assistant", "content": _sentence(rng, 1, 10)})
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def write_text_jsonl(path: Path, n: int = 24, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"text": _sentence(rng, 5, 40)}) + "\n")
+    return path
+
+
+def tiny_config(out: Path, data: Path, **sections) -> dict:
+    """A raw config dict for a fast fp32 run on tiny-llama; ``sections`` update each section."""
+    cfg = {
+        "model": {"name": "tiny-llama"},
+        "stage": "sft",
+        "method": {"name": "full"},
+        "data": {"train": str(data), "eval": None, "max_length": 256, "packing": False},
+        "train": {
+            "output_dir": str(out),
+            "max_steps": 4,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "warmup": 0,
+            "log_every": 1,
+            "eval_every": 0,
+            "save_every": 0,
+            "progress": False,
+            "tensorboard": False,
+            "precision": "fp32",
+        },
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg.get(key, {}), **value}
+        else:
+            cfg[key] = value
+    return cfg
