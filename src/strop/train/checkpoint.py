@@ -27,6 +27,8 @@ from strop.errors import StropError
 
 MARKER = "COMMITTED"
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
+# Frozen weights come from the base model on load, so they are absent from the checkpoint.
+_LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def _rank() -> int:
@@ -118,9 +120,14 @@ def load_checkpoint(path: Path, module, optimizer) -> dict:
         optimizer,
         model_state_dict=state["model"],
         optim_state_dict=state["optim"],
-        options=_OPTIONS,
+        options=_LOAD_OPTIONS,
     )
     rng_file = path / f"rng-rank{_rank()}.pt"
-    if rng_file.exists():  # absent when resuming with more ranks than were saved
+    if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
+    else:  # resuming with more ranks than were saved: distinct, reproducible streams per rank
+        seed = int((path / MARKER).read_text() or 0) * 1_000_003 + _rank()
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
     return json.loads((path / "trainer.json").read_text())
