@@ -6,14 +6,31 @@ import json
 import random
 from pathlib import Path
 
-WORDS = "alpha beta gamma delta kilo lima tango zulu red green blue one two three".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "kilo",
+    "lima",
+    "tango",
+    "zulu",
+    "red",
+    "green",
+    "blue",
+    "one",
+    "two",
+    "three",
+]
 
 
 def _sentence(rng: random.Random, lo: int, hi: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
 
-def write_chat_jsonl(path: Path, n: int = 24, seed: int = 0, turns: tuple[int, int] = (1, 2)) -> Path:
+def write_chat_jsonl(
+    path: Path, n: int = 24, seed: int = 0, turns: tuple[int, int] = (1, 2)
+) -> Path:
     """Ragged multi-turn conversations in OpenAI messages format."""
     rng = random.Random(seed)
     with open(path, "w") as f:
@@ -36,13 +53,13 @@ def write_text_jsonl(path: Path, n: int = 24, seed: int = 0) -> Path:
     return path
 
 
-def tiny_config(out: Path, data: Path, **sections) -> dict:
+def tiny_config(out: Path, data_path: Path, **sections) -> dict:
     """A raw config dict for a fast fp32 run on tiny-llama; ``sections`` update each section."""
     cfg = {
         "model": {"name": "tiny-llama"},
         "stage": "sft",
         "method": {"name": "full"},
-        "data": {"train": str(data), "eval": None, "max_length": 256, "packing": False},
+        "data": {"train": str(data_path), "eval": None, "max_length": 256, "packing": False},
         "train": {
             "output_dir": str(out),
             "max_steps": 4,

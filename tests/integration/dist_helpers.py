@@ -1,22 +1,43 @@
-"""Launch `strop train` under torchrun (or as one plain process) and read what it leaves."""
+"""Launch `strop train` under torchrun (or as one plain process) and read what it leaves.
+
+Run as a script (``torchrun ... dist_helpers.py train CONFIG ...``) it is `strop` itself plus an
+audit hook that records, per rank, every file or directory the process creates, writes,
+renames or removes under the run directory: the tests use it to prove that only rank 0 writes
+the run's artifacts.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 STROP = ["-m", "strop.cli", "train"]
+AUDIT_ENV = "STROP_TEST_AUDIT"  # "<run dir>|<dir for rank{r}.json>"
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+]
 
 
 def write_chat_data(path: Path, n: int = 16, seed: int = 0) -> Path:
@@ -31,18 +52,8 @@ def write_chat_data(path: Path, n: int = 16, seed: int = 0) -> Path:
     return path
 
 
-def write_config(path: Path, data: Path, **train) -> Path:
-    lines = [
-        "model: {name: tiny-llama, dtype: fp32}",
-        "stage: sft",
-        "method: {name: full}",
-        "data:",
-        f"  train: {data}",
-        "  eval: null",
-        "  max_length: 256",
-        "  packing: false",
-        "train:",
-    ]
+def write_config(path: Path, data: Path, method: str = "{name: full}", **train) -> Path:
+    """fp32, constant lr, dropout-free tiny-llama SFT: deterministic on any number of ranks."""
     base = {
         "max_steps": 4,
         "lr": 1.0e-3,
@@ -56,7 +67,18 @@ def write_config(path: Path, data: Path, **train) -> Path:
         "tensorboard": "false",
     }
     base.update(train)
-    lines += [f"  {k}: {v}" for k, v in base.items()]
+    lines = [
+        "model: {name: tiny-llama, dtype: fp32}",
+        "stage: sft",
+        f"method: {method}",
+        "data:",
+        f"  train: {data}",
+        "  eval: null",
+        "  max_length: 256",
+        "  packing: false",
+        "train:",
+        *(f"  {k}: {v}" for k, v in base.items()),
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -67,29 +89,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict:
+def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    # Two ranks share two cores: one thread each keeps them from fighting (and is deterministic).
+    # Two ranks share two cores: one thread each keeps them from fighting over them.
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    env.update(extra or {})
     return env
 
 
-def run_train(config: Path, overrides: list[str], nproc: int = 1, timeout: int = 240):
-    """`strop train` with ``nproc`` processes (torchrun when > 1); raises with output on failure."""
+def _descendants(pid: int) -> list[int]:
+    """Child processes, recursively (torchrun starts its workers in their own sessions)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def run_train(config: Path, overrides: list[str], nproc: int = 1, audit: Path | None = None):
+    """`strop train` with ``nproc`` processes (torchrun when > 1). Raises, with the output, on
+    failure; on a hang, kills the launcher and its workers after 180 s."""
     if nproc > 1:
-        cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
-        cmd += [*STROP, str(config), *overrides]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        cmd += ["--master_port", str(free_port())]
+        cmd += [__file__] if audit else STROP[:2]
+        cmd += ["train", str(config), *overrides]
     else:
         cmd = [sys.executable, *STROP, str(config), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+    extra = {}
+    if audit:
+        out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir="))
+        audit.mkdir(parents=True, exist_ok=True)
+        extra[AUDIT_ENV] = f"{Path(out_dir).resolve()}|{audit}"
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(extra)
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} hung\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
     if proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
-            f"\n--- stderr\n{proc.stderr[-6000:]}"
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{stdout[-3000:]}"
+            f"\n--- stderr\n{stderr[-6000:]}"
         )
-    return proc
+    return stdout, stderr
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -97,22 +155,76 @@ def metrics(run_dir: Path) -> list[dict]:
     return [r for r in rows if "loss" in r]
 
 
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
     final = run_dir / "final"
-    name = "adapter_model.safetensors" if (final / "adapter_config.json").exists() else None
-    if name is None:
-        name = "model.safetensors"
-    return load_file(str(final / name))
+    is_adapter = (final / "adapter_config.json").exists()
+    name = "adapter_model" if is_adapter else "model"
+    return load_file(str(final / f"{name}.safetensors"))
 
 
-def assert_losses_close(a: list[dict], b: list[dict], rtol: float = 1e-5) -> None:
+def assert_steps_close(a: list[dict], b: list[dict], rtol: float = 1e-5) -> None:
+    """Same steps, same target-token counts, loss and grad norm equal to ``rtol``."""
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
-        assert abs(ra["loss"] - rb["loss"]) <= rtol * abs(rb["loss"]), (ra, rb)
         assert ra["tokens"] == rb["tokens"], (ra, rb)
+        for key in ("loss", "grad_norm"):
+            assert abs(ra[key] - rb[key]) <= rtol * abs(rb[key]), (key, ra, rb)
 
 
-def assert_weights_close(a: dict, b: dict, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+def assert_weights_close(a: dict, b: dict) -> None:
+    import torch
+
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def read_audit(audit: Path) -> dict[int, set[str]]:
+    """rank -> paths (relative to the run dir) that rank created, wrote, moved or removed."""
+    return {
+        int(p.stem.removeprefix("rank")): set(json.loads(p.read_text()))
+        for p in audit.glob("rank*.json")
+    }
+
+
+def _install_audit(run_dir: str, out_dir: str) -> None:
+    import atexit
+
+    touched: set[str] = set()
+    root = run_dir.rstrip("/") + "/"
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    events = {"os.mkdir", "os.rename", "os.replace", "os.remove", "shutil.rmtree", "os.rmdir"}
+
+    def note(path) -> None:
+        if isinstance(path, (str, os.PathLike)):
+            path = os.path.abspath(os.fspath(path))
+            if path.startswith(root):
+                touched.add(path[len(root) :])
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and len(args) == 3:
+            path, mode, flags = args
+            if (isinstance(mode, str) and set(mode) & set("wax+")) or (flags or 0) & writing:
+                note(path)
+        elif event in events:
+            note(args[0])
+            if event in {"os.rename", "os.replace"}:
+                note(args[1])
+
+    def dump() -> None:
+        rank = os.environ.get("RANK", "0")
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(sorted(touched)))
+
+    atexit.register(dump)
+    sys.addaudithook(hook)
+
+
+if __name__ == "__main__":  # torchrun ... dist_helpers.py train CONFIG [overrides]
+    if AUDIT_ENV in os.environ:
+        _install_audit(*os.environ[AUDIT_ENV].split("|"))
+    from strop.cli import main
+
+    sys.argv[0] = "strop"
+    main()

@@ -25,8 +25,13 @@ def _run(tmp_path, name, data, **sections):
 def test_batch_times_accum_is_equivalent_with_ragged_lengths(tmp_path, method):
     data = write_chat_jsonl(tmp_path / "chat.jsonl", n=32, turns=(1, 3))
     runs = {
-        (bs, acc): _run(tmp_path, f"b{bs}a{acc}", data, method=method,
-                        train={"batch_size": bs, "grad_accum": acc, "max_steps": 3})
+        (bs, acc): _run(
+            tmp_path,
+            f"b{bs}a{acc}",
+            data,
+            method=method,
+            train={"batch_size": bs, "grad_accum": acc, "max_steps": 3},
+        )
         for bs, acc in [(8, 1), (1, 8), (2, 4)]
     }
     ref = runs[(8, 1)]
@@ -86,8 +91,13 @@ def test_lora_with_zero_b_is_the_base_model(tiny_llama_dir):
 
 def test_merged_lora_equals_unmerged(tmp_path):
     data = write_chat_jsonl(tmp_path / "chat.jsonl", n=16)
-    run = _run(tmp_path, "run", data, method={"name": "lora", "r": 4},
-               train={"save_merged": True, "max_steps": 3, "lr": 5e-2})
+    run = _run(
+        tmp_path,
+        "run",
+        data,
+        method={"name": "lora", "r": 4},
+        train={"save_merged": True, "max_steps": 3, "lr": 5e-2},
+    )
     adapted, _, base_dir = load_model("tiny-llama", adapter=str(run.final_dir))
     merged, _, _ = load_model(str(run.run_dir / "final-merged"))
     plain, _, _ = load_model(str(base_dir))

@@ -56,10 +56,16 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     configs = {}
     for name in ("straight", "killed"):
         raw = tiny_config(
-            tmp_path / name, data,
+            tmp_path / name,
+            data,
             method={"name": "lora", "r": 4, "dropout": 0.1},  # dropout: RNG state matters
-            train={"max_steps": total, "batch_size": 2, "save_every": 1, "keep_last": 2,
-                   "warmup": 2},
+            train={
+                "max_steps": total,
+                "batch_size": 2,
+                "save_every": 1,
+                "keep_last": 2,
+                "warmup": 2,
+            },
         )
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(raw))

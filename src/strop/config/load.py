@@ -39,6 +39,19 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def closest(key: str, valid: list[str]) -> str | None:
+    """The valid key a typo most likely meant: a prefix relation first (lr_rate -> lr,
+    epoch -> epochs), then plain similarity."""
+    longer = [v for v in valid if v.startswith(key)]
+    if longer:
+        return min(longer, key=len)
+    shorter = [v for v in valid if key.startswith(v)]
+    if shorter:
+        return max(shorter, key=len)
+    found = difflib.get_close_matches(key, valid, n=1)
+    return found[0] if found else None
+
+
 def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
     problems = []
     for err in exc.errors():
@@ -46,8 +59,8 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            suggestion = ".".join([*map(str, loc[:-1]), close[0]]) if close else ""
+            close = closest(str(loc[-1]), valid)
+            suggestion = ".".join([*map(str, loc[:-1]), close]) if close else ""
             hint = f"; did you mean {suggestion!r}?" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
         else:

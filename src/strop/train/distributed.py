@@ -6,6 +6,8 @@ Multi-node is the same command with torchrun's rendezvous (``--nnodes``, ``--rdz
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +51,7 @@ def setup(mode: str) -> Dist:
     if "RANK" not in os.environ:
         # A single process may still use the ddp/fsdp2 code path (world of one).
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=None)
@@ -73,7 +75,19 @@ def wrap(module: nn.Module, d: Dist) -> nn.Module:
     return module
 
 
-def teardown() -> None:
+def teardown(failed: bool | None = None) -> None:
+    """Leave the process group. After a failure (default: an exception is propagating) skip
+    the barrier: the other ranks may never reach it, and a rank stuck there never exits, so
+    torchrun would wait forever instead of reporting the failure and stopping the rest."""
+    if failed is None:
+        failed = sys.exc_info()[1] is not None
     if dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

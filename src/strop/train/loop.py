@@ -30,7 +30,6 @@ from strop.train.logger import MetricsLogger
 from strop.train.objectives import OBJECTIVES
 from strop.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps
 
-
 FAULT_ENV = "STROP_FAULT_AFTER_STEP"  # fault injection for the exact-resume test
 
 

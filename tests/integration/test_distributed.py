@@ -1,0 +1,140 @@
+"""1 process ≡ 2 processes (DESIGN.md §3.3), for DDP and FSDP2 on CPU over gloo.
+
+Two ranks with batch_size b see exactly the rows one process sees with batch_size 2b (the
+sampler splits each step's global chunk across ranks), and the loop divides every loss sum by
+the step's global target-token count, so the per-step loss, gradient norm and final weights
+must agree to fp32 round-off. Checkpoints are DCP, so a run saved by 2 ranks resumes on 1 and
+vice versa. Everything is dropout-free: per-rank RNG streams cannot match a single process's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.integration.dist_helpers import (
+    assert_steps_close,
+    assert_weights_close,
+    final_weights,
+    metrics,
+    read_audit,
+    run_train,
+    write_chat_data,
+    write_config,
+)
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="this torch build has no torch.distributed gloo backend",
+)
+
+B = 2  # per-rank micro-batch; the single process uses 2 * B
+METHODS = {"full": "{name: full}", "lora": "{name: lora, r: 4, alpha: 8, dropout: 0.0}"}
+
+
+class Runs:
+    """Each training run happens once per module and is shared by the tests that read it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = write_chat_data(root / "chat.jsonl", n=16)
+        self.done: dict[str, Path] = {}
+
+    def config(self, method: str) -> Path:
+        path = self.root / f"{method}.yaml"
+        if not path.exists():
+            write_config(path, self.data, METHODS[method], save_every=2, keep_last=2)
+        return path
+
+    def get(self, method: str, mode: str, resume: Path | None = None, nproc: int = 2) -> Path:
+        """mode "none" runs one process with batch 2B; "ddp"/"fsdp2" run ``nproc`` ranks."""
+        name = f"{method}-{mode}-{nproc}" + (f"-from-{resume.parent.parent.name}" if resume else "")
+        if name not in self.done:
+            out = self.root / name
+            nproc = 1 if mode == "none" else nproc
+            over = [
+                f"train.output_dir={out}",
+                f"train.distributed={mode}",
+                f"train.batch_size={B * 2 // nproc}",
+            ]
+            if resume:
+                over.append(f"train.resume={resume}")
+            audit = self.root / f"{name}.audit" if nproc > 1 else None
+            run_train(self.config(method), over, nproc=nproc, audit=audit)
+            self.done[name] = out
+        return self.done[name]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_llama_dir) -> Runs:
+    return Runs(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.mark.parametrize(
+    ("method", "mode"),
+    [("full", "ddp"), ("full", "fsdp2"), ("lora", "ddp"), ("lora", "fsdp2")],
+)
+def test_two_processes_match_one(runs, method, mode):
+    one, two = runs.get(method, "none"), runs.get(method, mode)
+    steps = metrics(two)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert steps[-1]["tokens"] > 0
+    assert_steps_close(steps, metrics(one))
+    assert_weights_close(final_weights(two), final_weights(one))
+
+
+@pytest.mark.parametrize(
+    ("method", "saved_by", "resumed_by"),
+    [
+        ("full", ("ddp", 2), ("none", 1)),  # 2 ranks -> a plain process (no process group)
+        ("full", ("fsdp2", 2), ("none", 1)),  # sharded -> unsharded
+        ("full", ("none", 1), ("fsdp2", 2)),  # 1 -> 2: resharded on load
+        ("lora", ("fsdp2", 2), ("ddp", 1)),  # a world of one on the distributed code path
+    ],
+    ids=["ddp2-to-1", "fsdp2-to-1", "1-to-fsdp2", "lora-fsdp2-to-ddp1"],
+)
+def test_checkpoint_resumes_across_world_sizes(runs, method, saved_by, resumed_by):
+    saved = runs.get(method, saved_by[0], nproc=saved_by[1])
+    step2 = saved / "checkpoints" / "step-2"
+    assert (step2 / "COMMITTED").exists()
+    resumed = runs.get(method, resumed_by[0], resume=step2, nproc=resumed_by[1])
+    reference = runs.get(method, "none")  # uninterrupted, one process
+    steps = metrics(resumed)
+    assert [r["step"] for r in steps] == [3, 4]
+    assert_steps_close(steps, metrics(reference)[2:])
+    assert_weights_close(final_weights(resumed), final_weights(reference))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_only_rank0_writes_run_artifacts_and_final_loads(runs, method):
+    run = runs.get(method, "ddp")
+    audit = read_audit(runs.root / f"{run.name}.audit")
+    assert sorted(audit) == [0, 1]
+    # Rank 1 writes only its own checkpoint shard and RNG state.
+    shared = {p for p in audit[1] if not p.startswith("checkpoints/")}
+    assert shared == set(), shared
+    assert {"metrics.jsonl", "config.yaml", "report.md", "final"} <= audit[0]
+    assert any(p.startswith("checkpoints/.tmp-step-2/rng-rank1") for p in audit[1])
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]  # one line per step, not two
+
+    reference = runs.get(method, "none")
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    logits = [_load_final(r, method)(ids).logits for r in (run, reference)]
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-4)
+
+
+def _load_final(run: Path, method: str):
+    from transformers import AutoModelForCausalLM
+
+    final = run / "final"
+    if method == "full":
+        return AutoModelForCausalLM.from_pretrained(final).eval()
+    from peft import PeftConfig, PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(
+        PeftConfig.from_pretrained(final).base_model_name_or_path
+    )
+    return PeftModel.from_pretrained(base, final).eval()
