@@ -465,6 +465,10 @@ def _ratio(results: dict, a: str, b: str) -> float | None:
     return None
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
 def _print_table(results: dict, peak: float, precision: str) -> None:
     headers = [
         "config",
@@ -486,8 +490,8 @@ def _print_table(results: dict, peak: float, precision: str) -> None:
             [
                 name,
                 f"{r['seconds'] / r['steps_timed']:.3f}",
-                f"{r['target_tokens_per_s']:,.0f}",
-                f"{r['real_tokens_per_s']:,.0f}",
+                _num(r["target_tokens_per_s"]),
+                _num(r["real_tokens_per_s"]),
                 f"{100 * r['pad_fraction']:.1f}",
                 f"{r['gflops_per_s']:.1f}",
                 f"{100 * r['gflops_per_s'] / peak:.1f}",
@@ -522,7 +526,7 @@ def _chart(results: dict, path: Path, title: str) -> None:
     colors = ["#4c72b0" if n.startswith("strop") else "#999999" for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     bars = ax.bar(names, vals, color=colors)
-    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], fontsize=8)
+    ax.bar_label(bars, labels=[_num(v) for v in vals], fontsize=8)
     ax.set_ylabel("target tokens / s (higher is better)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -52,7 +52,9 @@ def write_chat_data(path: Path, n: int = 16, seed: int = 0) -> Path:
     return path
 
 
-def write_config(path: Path, data: Path, method: str = "{name: full}", **train) -> Path:
+def write_config(
+    path: Path, data: Path, method: str = "{name: full}", eval_data: Path | None = None, **train
+) -> Path:
     """fp32, constant lr, dropout-free tiny-llama SFT: deterministic on any number of ranks."""
     base = {
         "max_steps": 4,
@@ -73,7 +75,7 @@ def write_config(path: Path, data: Path, method: str = "{name: full}", **train) 
         f"method: {method}",
         "data:",
         f"  train: {data}",
-        "  eval: null",
+        f"  eval: {eval_data or 'null'}",
         "  max_length: 256",
         "  packing: false",
         "train:",
@@ -116,36 +118,47 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def run_train(config: Path, overrides: list[str], nproc: int = 1, audit: Path | None = None):
-    """`strop train` with ``nproc`` processes (torchrun when > 1). Raises, with the output, on
-    failure; on a hang, kills the launcher and its workers after 180 s."""
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-        cmd += ["--master_port", str(free_port())]
-        cmd += [__file__] if audit else STROP[:2]
-        cmd += ["train", str(config), *overrides]
-    else:
-        cmd = [sys.executable, *STROP, str(config), *overrides]
-    extra = {}
-    if audit:
-        out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir="))
-        audit.mkdir(parents=True, exist_ok=True)
-        extra[AUDIT_ENV] = f"{Path(out_dir).resolve()}|{audit}"
+def torchrun(nproc: int) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
+    ]  # fmt: skip
+
+
+def launch(cmd: list[str], env_extra: dict | None = None, timeout: float = 180):
+    """Run ``cmd``; on a hang kill it and every process it started. -> (returncode, out, err)"""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(extra)
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(env_extra)
     )
     try:
-        stdout, stderr = proc.communicate(timeout=180)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         for pid in [*_descendants(proc.pid), proc.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} hung\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
-    if proc.returncode != 0:
+        return None, stdout, stderr
+    return proc.returncode, stdout, stderr
+
+
+def run_train(config: Path, overrides: list[str], nproc: int = 1, audit: Path | None = None):
+    """`strop train` with ``nproc`` processes (torchrun when > 1); raises, with the output, on
+    failure or a hang. ``audit``: record each rank's writes under the run dir there."""
+    if nproc > 1:
+        cmd = [*torchrun(nproc), *([__file__] if audit else STROP[:2]), "train"]
+    else:
+        cmd = [sys.executable, *STROP]
+    cmd += [str(config), *overrides]
+    extra = {}
+    if audit:
+        out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir="))
+        audit.mkdir(parents=True, exist_ok=True)
+        extra[AUDIT_ENV] = f"{Path(out_dir).resolve()}|{audit}"
+    code, stdout, stderr = launch(cmd, extra)
+    if code != 0:
         raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{stdout[-3000:]}"
-            f"\n--- stderr\n{stderr[-6000:]}"
+            f"{' '.join(cmd)} {'hung' if code is None else f'exited {code}'}"
+            f"\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-6000:]}"
         )
     return stdout, stderr
 
@@ -153,6 +166,12 @@ def run_train(config: Path, overrides: list[str], nproc: int = 1, audit: Path | 
 def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
     return [r for r in rows if "loss" in r]
+
+
+def eval_loss(run_dir: Path) -> float:
+    """The end-of-run eval loss (mean over the eval set's target tokens, all ranks)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    return [r["eval_loss"] for r in rows if "eval_loss" in r][-1]
 
 
 def final_weights(run_dir: Path) -> dict:

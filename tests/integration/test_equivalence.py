@@ -47,16 +47,18 @@ def test_batch_times_accum_is_equivalent_with_ragged_lengths(tmp_path, method):
             torch.testing.assert_close(w[name], t, rtol=1e-5, atol=1e-5, msg=f"{key} {name}")
 
 
-def test_packed_equals_unpacked_loss_and_grads(tmp_path, tiny_llama_dir):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_equals_unpacked_loss_and_grads(tmp_path, tiny_llama_dir, attn):
+    """sdpa: one causal kernel per document (strop_docs); eager: explicit 4-D masks."""
     data = write_chat_jsonl(tmp_path / "chat.jsonl", n=12, turns=(1, 3))
     cfg = load_config(None, raw=tiny_config(tmp_path / "run", data))
-    model, tok, _ = load_model(str(tiny_llama_dir))
+    model, tok, _ = load_model(str(tiny_llama_dir), attn=attn)
     samples = build_datasets(cfg.data, "sft", tok, seed=0).train.samples
     obj = CausalLMObjective(model, loss_chunk=32)
     results = []
     for rows in (pack(samples, 512), unpacked(samples)):
         model.zero_grad()
-        out = obj(**collate(rows, tok.pad_token_id))
+        out = obj(**collate(rows, tok.pad_token_id, doc_attention=attn == "sdpa"))
         out["loss_sum"].backward()
         grads = [p.grad.clone() for p in model.parameters()]
         results.append((out["loss_sum"].item(), out["n_targets"].item(), grads, len(rows)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from strop.config import load_config
@@ -19,4 +20,5 @@ def train_command(config: str, overrides: list[str]) -> None:
     msg = f"done: {result.steps} steps; final artifacts in {result.final_dir}"
     if result.eval_loss is not None:
         msg += f"; eval loss {result.eval_loss:.4f}"
-    print(msg)
+    if os.environ.get("RANK", "0") == "0":
+        print(msg)

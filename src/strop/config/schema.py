@@ -17,7 +17,8 @@ class ModelSection(Section):
     dtype: str = "auto"
     """Weight dtype: auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16 | fp16."""
     attn: Literal["sdpa", "eager"] = "sdpa"
-    """Attention kernel. Packing always passes an explicit per-document mask."""
+    """sdpa: fused kernels, one causal call per packed document (strop.models.attention);
+    eager: the reference path, packed documents isolated by an explicit 4-D mask."""
 
 
 class DataSection(Section):

@@ -54,9 +54,16 @@ def unpacked(samples: list[Sample]) -> list[Row]:
     return [Row(s.input_ids, s.labels, [len(s.input_ids)]) for s in samples]
 
 
-def collate(rows: list[Row], pad_id: int, dtype: torch.dtype = torch.float32) -> dict:
-    """Right-pad to the longest row. Packed rows get a 4-D additive block-diagonal causal mask;
-    rows of one document each get the usual 2-D padding mask."""
+def collate(
+    rows: list[Row], pad_id: int, doc_attention: bool = True, dtype: torch.dtype = torch.float32
+) -> dict:
+    """Right-pad to the longest row.
+
+    With ``doc_attention`` (the default) the batch carries ``strop_doc_lens`` and no mask: the
+    ``strop_docs`` attention runs one causal kernel per document (strop.models.attention).
+    Otherwise packed rows get a 4-D additive block-diagonal causal mask and rows of one
+    document the usual 2-D padding mask (for attention kernels outside transformers' interface).
+    """
     width = max(len(r.input_ids) for r in rows)
     b = len(rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -80,7 +87,13 @@ def collate(rows: list[Row], pad_id: int, dtype: torch.dtype = torch.float32) ->
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     labels = labels.masked_fill(starts, IGNORE)
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
-    if any(len(r.doc_lens) > 1 for r in rows):
+    if doc_attention:
+        # Padding at the end of a row is one more (ignored) document.
+        batch["strop_doc_lens"] = [
+            r.doc_lens + ([width - len(r.input_ids)] if len(r.input_ids) < width else [])
+            for r in rows
+        ]
+    elif any(len(r.doc_lens) > 1 for r in rows):
         same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         allowed = same_doc & causal & (doc_ids[:, :, None] >= 0)

@@ -58,6 +58,10 @@ def load_model(
 
     quiet_transformers()
     model_dir = resolve_model(name_or_path)
+    if attn == "sdpa":  # sdpa, plus one fused causal call per document for packed rows
+        from strop.models.attention import register
+
+        attn = register()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=resolve_dtype(dtype), attn_implementation=attn
     )

@@ -6,6 +6,7 @@ Only rank 0 logs; other ranks get a logger whose methods do nothing.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -41,7 +42,10 @@ class MetricsLogger:
             except ImportError:  # tensorboard is optional at run time
                 self._tb = None
         self._progress = None
-        if enabled and progress:
+        self._total, self._start_step, self._t0 = total_steps, start_step, time.perf_counter()
+        # A live bar only on a terminal; logs and CI get one plain line per logged step.
+        self._lines = enabled and progress and not self.console.is_terminal
+        if enabled and progress and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
@@ -68,10 +72,28 @@ class MetricsLogger:
             return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self._lines:
+            self.console.print(self._plain_line(record), highlight=False)
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, int | float):
                     self._tb.add_scalar(k, v, record["step"])
+
+    def _plain_line(self, r: dict) -> str:
+        if "loss" not in r:
+            return f"step {r['step']}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in r.items() if k != "step"
+            )
+        done = r["step"] - self._start_step
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / max(done, 1) * (self._total - r["step"])
+        rate = r.get("target_tokens_per_s")
+        return (
+            f"step {r['step']}/{self._total} loss {r['loss']:.4f} lr {r['lr']:.2e} "
+            f"grad_norm {r['grad_norm']:.3f}"
+            + (f" {rate:,.0f} target tok/s" if rate else "")
+            + f" eta {int(eta // 60)}m{int(eta % 60):02d}s"
+        )
 
     def advance(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
         if self._progress is None:

@@ -19,7 +19,7 @@ import torch
 
 from strop.config.load import dump_config
 from strop.config.schema import Config
-from strop.data.batching import ShardedSampler, collate
+from strop.data.batching import Row, ShardedSampler, collate
 from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError, StropRuntimeError
@@ -60,7 +60,10 @@ def _autocast(precision: str, device: torch.device):
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 class _Signals:
@@ -91,9 +94,13 @@ def evaluate(module, rows, cfg: Config, d: distributed.Dist, pad_id: int) -> dic
     module.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
     count = torch.zeros((), dtype=torch.float64, device=d.device)
-    mine = rows[d.rank :: d.world]
-    for i in range(0, len(mine), cfg.train.batch_size):
-        batch = _to(collate(mine[i : i + cfg.train.batch_size], pad_id), d.device)
+    mine, bs = rows[d.rank :: d.world], cfg.train.batch_size
+    # Every rank runs the same number of forwards (FSDP2 all-gathers weights in each); a rank
+    # out of rows runs one on a row without targets, which adds nothing to the sums.
+    blank = Row(rows[0].input_ids, [IGNORE] * len(rows[0].input_ids), rows[0].doc_lens)
+    for i in range(math.ceil(math.ceil(len(rows) / d.world) / bs)):
+        rows_i = mine[i * bs : (i + 1) * bs] or [blank]
+        batch = _to(collate(rows_i, pad_id, doc_attention=cfg.model.attn == "sdpa"), d.device)
         with _autocast(cfg.train.precision, d.device):
             out = module(**batch)
         loss_sum += out["loss_sum"].double()
@@ -117,8 +124,9 @@ def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
 
 def _step_batches(rows, indices, cfg: Config, pad_id: int, device) -> tuple[list, torch.Tensor]:
     bs = cfg.train.batch_size
+    doc_attn = cfg.model.attn == "sdpa"  # see strop.models.attention
     batches = [
-        _to(collate([rows[j] for j in indices[i : i + bs]], pad_id), device)
+        _to(collate([rows[j] for j in indices[i : i + bs]], pad_id, doc_attn), device)
         for i in range(0, len(indices), bs)
     ]
     n_local = sum((b["labels"][:, 1:] != IGNORE).sum() for b in batches)
@@ -199,10 +207,12 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     module.train()
     with _Signals() as signals:
         while state["step"] < total_steps:
-            if signals.signum:
+            # Every rank must agree to stop at the same step, or their collectives mismatch.
+            flag = torch.tensor(float(signals.signum > 0), device=d.device)
+            if d.all_sum(flag).item() > 0:
                 save(state["step"])
                 logger.close()
-                raise Interrupted(state["step"], signals.signum)
+                raise Interrupted(state["step"], signals.signum or signal.SIGTERM)
             step = state["step"]
             batches, n_local = _step_batches(rows, sampler.next_step(), cfg, pad_id, d.device)
             n_global = d.all_sum(n_local.clone()).clamp(min=1)

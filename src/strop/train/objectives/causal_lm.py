@@ -29,10 +29,13 @@ class CausalLMObjective(nn.Module):
         self.model = model
         self.loss_chunk = loss_chunk
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None) -> dict:
+    def forward(
+        self, input_ids, labels, attention_mask=None, position_ids=None, strop_doc_lens=None
+    ) -> dict:
         lm = causal_lm_of(self.model)
+        extra = {"strop_doc_lens": strop_doc_lens} if strop_doc_lens is not None else {}
         hidden = lm.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra
         ).last_hidden_state  # [B, T, d]
         # Position t predicts token t+1; only positions whose next token is a target matter.
         targets = labels[:, 1:]

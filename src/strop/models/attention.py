@@ -1,0 +1,71 @@
+"""Per-document causal attention for packed rows.
+
+An explicit 4-D block-diagonal mask is correct but sends SDPA to its math path, which
+materialises [heads, T, T] scores per layer (7 GB peak for two 1024-token rows of SmolLM2 in
+fp32, docs/LOG.md). Here each document of a packed row runs its own ``is_causal`` SDPA call, so
+the fused (flash) kernels apply on CPU and GPU and no mask exists at all.
+
+Registered through transformers' public AttentionInterface under ``strop_docs``; it behaves
+exactly like ``sdpa`` unless the forward call carries ``strop_doc_lens`` (a list per row of
+document lengths, padding counted as one more document), so generation and evaluation with a
+padding mask are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "strop_docs"
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def doc_causal_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [B, H, T, D]
+    key: torch.Tensor,  # [B, Hkv, T, D]
+    value: torch.Tensor,  # [B, Hkv, T, D]
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    strop_doc_lens: list[list[int]] | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    if strop_doc_lens is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    out = torch.empty_like(query)
+    p = dropout if module.training else 0.0
+    for b, lens in enumerate(strop_doc_lens):
+        start = 0
+        for n in lens:
+            sl = slice(start, start + n)
+            out[b : b + 1, :, sl] = F.scaled_dot_product_attention(
+                query[b : b + 1, :, sl],
+                key[b : b + 1, :, sl],
+                value[b : b + 1, :, sl],
+                dropout_p=p,
+                is_causal=True,
+                scale=scaling,
+            )
+            start += n
+    return out.transpose(1, 2).contiguous(), None  # [B, T, H, D] as the sdpa path returns
+
+
+def register() -> str:
+    """Make ``strop_docs`` a valid attn_implementation (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, doc_causal_attention)
+    # Padding masks for generation/eval are built exactly as for sdpa.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    return NAME
