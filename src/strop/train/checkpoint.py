@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import (
 from strop.errors import StropError
 
 MARKER = "COMMITTED"
+# DCP warns on every single-process save/load that no process group exists; that is intended.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
 # Frozen weights come from the base model on load, so they are absent from the checkpoint.
 _LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
