@@ -23,6 +23,8 @@ class LoraParams(BaseModel):
     """peft's init_lora_weights: True (B=0, so training starts at the base model), 'gaussian',
     'pissa', ... ; False gives random B (tests only)."""
     modules_to_save: list[str] = Field(default_factory=list)
+    fused: bool = True
+    """Use strop's fused LoRA linear forward/backward (same peft modules and file format)."""
 
 
 def apply(model, params: LoraParams):
@@ -38,7 +40,12 @@ def apply(model, params: LoraParams):
         modules_to_save=params.modules_to_save or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)
+    if params.fused:
+        from strop.models.fused_lora import fuse_lora_layers
+
+        fuse_lora_layers(model)
+    return model
 
 
 def lr_multipliers(model, params: LoraParams) -> dict[str, float]:
