@@ -57,13 +57,22 @@ def unpacked(samples: list[Sample]) -> list[Row]:
 def collate(
     rows: list[Row], pad_id: int, doc_attention: bool = True, dtype: torch.dtype = torch.float32
 ) -> dict:
-    """Right-pad to the longest row.
+    """Make a batch from rows.
 
-    With ``doc_attention`` (the default) the batch carries ``strop_doc_lens`` and no mask: the
-    ``strop_docs`` attention runs one causal kernel per document (strop.models.attention).
-    Otherwise packed rows get a 4-D additive block-diagonal causal mask and rows of one
-    document the usual 2-D padding mask (for attention kernels outside transformers' interface).
+    With ``doc_attention`` (the default) the rows are laid end to end in a single row: no
+    padding at all, whatever their lengths. The batch carries ``strop_doc_lens`` and no mask;
+    the ``strop_docs`` attention runs one causal kernel per document (strop.models.attention).
+    Otherwise rows are right-padded to the longest; packed rows get a 4-D additive
+    block-diagonal causal mask and rows of one document the usual 2-D padding mask (for
+    attention kernels outside transformers' interface).
     """
+    if doc_attention and len(rows) > 1:
+        flat = Row(
+            [t for r in rows for t in r.input_ids],
+            [t for r in rows for t in r.labels],
+            [n for r in rows for n in r.doc_lens],
+        )
+        return collate([flat], pad_id, doc_attention=True, dtype=dtype)
     width = max(len(r.input_ids) for r in rows)
     b = len(rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
