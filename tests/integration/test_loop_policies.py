@@ -16,19 +16,12 @@ def _cfg(tmp_path, **sections):
     return load_config(None, raw=tiny_config(tmp_path / "run", data, **sections))
 
 
+# An absurd lr blows the weights up after the first update; later losses are NaN/inf.
+BLOW_UP = {"lr": 1e30, "max_grad_norm": None, "max_steps": 8, "warmup": 0, "schedule": "constant"}
+
+
 def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path):
-    # An absurd lr blows the weights up after the first update; later losses are NaN/inf.
-    cfg = _cfg(
-        tmp_path,
-        train={
-            "lr": 1e30,
-            "max_grad_norm": None,
-            "max_steps": 8,
-            "max_nan_skips": 2,
-            "warmup": 0,
-            "schedule": "constant",
-        },
-    )
+    cfg = _cfg(tmp_path, train={**BLOW_UP, "max_nan_skips": 2})
     with pytest.raises(StropRuntimeError, match=r"3 non-finite steps \(last at step \d+\)"):
         train(cfg)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -36,17 +29,7 @@ def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path):
 
 
 def test_nonfinite_stop_policy_names_the_step(tmp_path):
-    cfg = _cfg(
-        tmp_path,
-        train={
-            "lr": 1e30,
-            "max_grad_norm": None,
-            "max_steps": 8,
-            "nan_policy": "stop",
-            "warmup": 0,
-            "schedule": "constant",
-        },
-    )
+    cfg = _cfg(tmp_path, train={**BLOW_UP, "nan_policy": "stop"})
     with pytest.raises(StropRuntimeError, match=r"non-finite .* at step \d+; stopping"):
         train(cfg)
 

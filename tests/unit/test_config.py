@@ -75,3 +75,9 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path):
         "unknown key 'train.epoch'" in proc.stderr and "did you mean 'train.epochs'" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_stage_without_an_objective_is_refused_up_front():
+    assert "stage: 'dpo' is not implemented yet (available: pt, sft)" in _err(
+        overrides=["stage=dpo"]
+    )

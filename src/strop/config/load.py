@@ -98,7 +98,13 @@ def load_config(
     except ValidationError as exc:
         raise StropError(format_validation_error(exc, source, Config)) from None
     from strop.models.transforms import validate_method_params
+    from strop.train.objectives import OBJECTIVES
 
+    if cfg.stage not in OBJECTIVES:
+        raise StropError(
+            f"{source}: stage: {cfg.stage!r} is not implemented yet "
+            f"(available: {', '.join(OBJECTIVES)})"
+        )
     validate_method_params(cfg.method, source)
     return cfg
 

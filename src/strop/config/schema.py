@@ -62,7 +62,8 @@ class TrainSection(Section):
     resume: str = "auto"
     """auto (newest committed checkpoint in output_dir) | never | a checkpoint path."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision. auto = bf16 autocast on bf16-capable GPUs, fp32 on CPU."""
+    """Compute precision. auto = bf16 autocast on bf16-capable GPUs and on CPUs with native bf16
+    matmul (AVX512-BF16/AMX), fp32 elsewhere. Weights and optimizer state stay fp32."""
     gradient_checkpointing: bool = False
     nan_policy: Literal["skip", "stop"] = "skip"
     """On a NaN/inf loss or gradient: skip the update and count it, or stop naming the step."""

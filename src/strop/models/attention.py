@@ -41,22 +41,34 @@ def doc_causal_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     groups = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    out = torch.empty_like(query)
     p = dropout if module.training else 0.0
+    rows = []
+    # split/cat rather than slicing into a preallocated output: their backward is one cat/split,
+    # where slicing costs a zero-filled full-size gradient per document.
     for b, lens in enumerate(strop_doc_lens):
-        start = 0
-        for n in lens:
-            sl = slice(start, start + n)
-            out[b : b + 1, :, sl] = F.scaled_dot_product_attention(
-                query[b : b + 1, :, sl],
-                key[b : b + 1, :, sl],
-                value[b : b + 1, :, sl],
-                dropout_p=p,
-                is_causal=True,
-                scale=scaling,
+        docs = zip(
+            query[b : b + 1].split(lens, dim=2),
+            key[b : b + 1].split(lens, dim=2),
+            value[b : b + 1].split(lens, dim=2),
+            strict=True,
+        )
+        rows.append(
+            torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q,
+                        _repeat_kv(k, groups),
+                        _repeat_kv(v, groups),
+                        dropout_p=p,
+                        is_causal=True,
+                        scale=scaling,
+                    )
+                    for q, k, v in docs
+                ],
+                dim=2,
             )
-            start += n
+        )
+    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None  # [B, T, H, D] as the sdpa path returns
 
 

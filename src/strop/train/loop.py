@@ -23,7 +23,7 @@ from strop.data.batching import Row, ShardedSampler, collate
 from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError, StropRuntimeError
-from strop.models.load import load_model
+from strop.models.load import frozen_linears_to, load_model, use_bf16_autocast
 from strop.models.transforms import count_trainable, parse_method
 from strop.train import artifacts, checkpoint, distributed
 from strop.train.logger import MetricsLogger
@@ -51,10 +51,7 @@ class RunResult:
 
 
 def _autocast(precision: str, device: torch.device):
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if use_bf16:
+    if use_bf16_autocast(precision, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -141,6 +138,8 @@ def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(d.device)
+    if transform.is_adapter and use_bf16_autocast(cfg.train.precision, d.device):
+        frozen_linears_to(model, torch.bfloat16)
     data = build_datasets(
         cfg.data, cfg.stage, tokenizer, cfg.train.seed, run_dir if d.is_main else None
     )
