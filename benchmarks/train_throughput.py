@@ -251,7 +251,7 @@ def run_strop(args, method: str) -> dict:
     measured with perf_counter between consecutive steps, so each step's wall time is exactly
     (target tokens of the step) / target_tokens_per_s. The first ``warmup`` steps are dropped.
     Model load, data rendering and the final save happen outside those intervals."""
-    from strop.data.batching import ShardedSampler
+    from strop.data.batching import ShardedSampler, collate
     from strop.data.dataset import build_datasets
     from strop.hub import resolve_model
     from strop.models.load import load_tokenizer
@@ -282,7 +282,9 @@ def run_strop(args, method: str) -> dict:
                 docs.append((r.input_ids[at : at + n], r.labels[at : at + n]))
                 at += n
         s = doc_stats(docs)
-        s["slots"] = len(step_rows) * max(len(r.input_ids) for r in step_rows)
+        # The token slots strop's own collate builds (rows laid end to end under the default
+        # per-document attention: no padding).
+        s["slots"] = collate(step_rows, tok.pad_token_id)["input_ids"].numel()
         s["docs"] = len(docs)
         s["target_mismatch"] = s["targets"] != n_targets
         stats.append(s)
