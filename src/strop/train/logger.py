@@ -26,6 +26,7 @@ class MetricsLogger:
         run_dir: Path,
         total_steps: int,
         start_step: int,
+        start_tokens: int,
         enabled: bool,
         progress: bool,
         tensorboard: bool,
@@ -43,6 +44,7 @@ class MetricsLogger:
                 self._tb = None
         self._progress = None
         self._total, self._start_step, self._t0 = total_steps, start_step, time.perf_counter()
+        self._rate_mark = (self._t0, start_tokens)  # (time, tokens) at the last logged step
         # A live bar only on a terminal; logs and CI get one plain line per logged step.
         self._lines = enabled and progress and not self.console.is_terminal
         if enabled and progress and self.console.is_terminal:
@@ -94,6 +96,18 @@ class MetricsLogger:
             + (f" {rate:,.0f} target tok/s" if rate else "")
             + f" eta {int(eta // 60)}m{int(eta % 60):02d}s"
         )
+
+    def step(self, record: dict, log_every: int, last: bool) -> None:
+        """One optimizer step: every ``log_every`` steps (and the last) the record gets the
+        target-token rate since the previous logged step and is written; the bar advances."""
+        if record["step"] % log_every == 0 or last:
+            now = time.perf_counter()
+            prev_t, prev_tokens = self._rate_mark
+            rate = (record["tokens"] - prev_tokens) / max(now - prev_t, 1e-9)
+            record["target_tokens_per_s"] = rate
+            self._rate_mark = (now, record["tokens"])
+            self.log(record)
+        self.advance(record["step"], record["loss"], record.get("target_tokens_per_s"))
 
     def advance(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
         if self._progress is None:

@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,8 +144,28 @@ def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
     )
     for s in data.summaries:
         log(s)
+    trainable, total = count_trainable(model)
+    log(
+        f"method {cfg.method['name']}: {trainable:,} of {total:,} parameters train "
+        f"({100 * trainable / total:.3f}%)"
+    )
+    log(f"train: {data.train.stats.describe()}; {len(data.train.rows)} rows")
+    if data.eval:
+        log(f"eval:  {data.eval.stats.describe()}; {len(data.eval.rows)} rows")
     lr_mult = transform.lr_multipliers(model, params) if transform.lr_multipliers else {}
     return transform, model, tokenizer, model_dir, data, lr_mult
+
+
+def _resume(cfg: Config, ckpt_root: Path, module, optimizer, sampler, d, log) -> dict:
+    """The trainer state: restored from the checkpoint train.resume names, or a fresh one."""
+    resume_from = checkpoint.find_resume(ckpt_root, cfg.train.resume)
+    if resume_from is None:
+        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank, reproducibly
+        return {"step": 0, "tokens": 0, "nan_skips": 0}
+    state = checkpoint.load_checkpoint(resume_from, module, optimizer)
+    sampler.load_state_dict(state["sampler"])
+    log(f"resumed from {resume_from} at step {state['step']}")
+    return state
 
 
 def train(cfg: Config) -> RunResult:
@@ -164,14 +183,6 @@ def train(cfg: Config) -> RunResult:
 
 def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     transform, model, tokenizer, model_dir, data, lr_mult = _prepare(cfg, d, run_dir, log)
-    trainable, total = count_trainable(model)
-    log(
-        f"method {cfg.method['name']}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.3f}%)"
-    )
-    log(f"train: {data.train.stats.describe()}; {len(data.train.rows)} rows")
-    if data.eval:
-        log(f"eval:  {data.eval.stats.describe()}; {len(data.eval.rows)} rows")
     objective = OBJECTIVES[cfg.stage](model, cfg.train.loss_chunk)
     module = distributed.wrap(objective, d)
     optimizer = build_optimizer(objective, cfg.train, lr_mult)
@@ -183,21 +194,19 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     total_steps = _total_steps(cfg, sampler)
     warmup = warmup_steps(cfg.train, total_steps)
     ckpt_root = run_dir / "checkpoints"
-    state = {"step": 0, "tokens": 0, "nan_skips": 0}
-    resume_from = checkpoint.find_resume(ckpt_root, cfg.train.resume)
-    if resume_from is not None:
-        state = checkpoint.load_checkpoint(resume_from, module, optimizer)
-        sampler.load_state_dict(state["sampler"])
-        log(f"resumed from {resume_from} at step {state['step']}")
-    else:
-        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank, reproducibly
+    state = _resume(cfg, ckpt_root, module, optimizer, sampler, d, log)
     pad_id = tokenizer.pad_token_id
     logger = MetricsLogger(
-        run_dir, total_steps, state["step"], d.is_main, cfg.train.progress, cfg.train.tensorboard
+        run_dir,
+        total_steps,
+        state["step"],
+        state["tokens"],
+        d.is_main,
+        cfg.train.progress,
+        cfg.train.tensorboard,
     )
     history: list[dict] = []
-    last_eval = None
-    t_last, tok_last = time.perf_counter(), state["tokens"]
+    last_eval, eval_step = None, -1
 
     def save(step: int) -> None:
         state["sampler"] = sampler.state_dict()
@@ -215,30 +224,18 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
             step = state["step"]
             batches, n_local = _step_batches(rows, sampler.next_step(), cfg, pad_id, d.device)
             n_global = d.all_sum(n_local.clone()).clamp(min=1)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-            for i, batch in enumerate(batches):
-                last = i == len(batches) - 1
-                sync = (
-                    module.no_sync() if (d.mode == "ddp" and not last) else contextlib.nullcontext()
-                )
-                with sync, _autocast(cfg.train.precision, d.device):
-                    out = module(**batch)
-                    # Gradients are averaged over ranks by DDP/FSDP, hence the x world.
-                    (out["loss_sum"] * (d.world / n_global)).backward()
-                loss_sum += out["loss_sum"].detach().double()
-            loss = (d.all_sum(loss_sum) / n_global).item()
+            loss = _forward_backward(module, batches, n_global, cfg, d)
             max_norm = cfg.train.max_grad_norm or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             factor = lr_factor(
                 step, total_steps, warmup, cfg.train.schedule, cfg.train.min_lr_ratio
             )
             lr = set_lr(optimizer, cfg.train.lr, factor)
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                _handle_nonfinite(cfg, state, step, loss, grad_norm, log)
-                optimizer.zero_grad(set_to_none=True)
-            else:
+            if math.isfinite(loss) and math.isfinite(grad_norm):
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            else:
+                _handle_nonfinite(cfg, state, step, loss, grad_norm, log)
+            optimizer.zero_grad(set_to_none=True)
             state["step"] = step + 1
             state["tokens"] += int(n_global.item())
             record = {
@@ -251,27 +248,15 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 "nan_skips": state["nan_skips"],
             }
             history.append(record)
-            if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
-                now = time.perf_counter()
-                record["target_tokens_per_s"] = (state["tokens"] - tok_last) / max(
-                    now - t_last, 1e-9
-                )
-                t_last, tok_last = now, state["tokens"]
-                logger.log(record)
-            logger.advance(step + 1, loss, record.get("target_tokens_per_s"))
+            logger.step(record, cfg.train.log_every, last=step + 1 == total_steps)
             if data.eval and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-                last_eval = evaluate(module, data.eval.rows, cfg, d, pad_id)
+                last_eval, eval_step = evaluate(module, data.eval.rows, cfg, d, pad_id), step + 1
                 logger.log({"step": step + 1, **last_eval})
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save(step + 1)
             if os.environ.get(FAULT_ENV) == str(step + 1):  # tests: a real SIGTERM mid-run
                 os.kill(os.getpid(), signal.SIGTERM)
-    if data.eval and (
-        last_eval is None
-        or history[-1:]
-        and cfg.train.eval_every
-        and total_steps % cfg.train.eval_every
-    ):
+    if data.eval and eval_step != state["step"]:  # always end with an eval of the final weights
         last_eval = evaluate(module, data.eval.rows, cfg, d, pad_id)
         logger.log({"step": state["step"], **last_eval})
     logger.close()
@@ -281,6 +266,20 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     return RunResult(
         run_dir, state["step"], final_dir, history, last_eval and last_eval["eval_loss"]
     )
+
+
+def _forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> float:
+    """Accumulate gradients of one optimizer step; returns its loss per target token."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = module.no_sync() if (d.mode == "ddp" and not last) else contextlib.nullcontext()
+        with sync, _autocast(cfg.train.precision, d.device):
+            out = module(**batch)
+            # Gradients are averaged over ranks by DDP/FSDP, hence the x world.
+            (out["loss_sum"] * (d.world / n_global)).backward()
+        loss_sum += out["loss_sum"].detach().double()
+    return (d.all_sum(loss_sum) / n_global).item()
 
 
 def _handle_nonfinite(
