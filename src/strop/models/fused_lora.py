@@ -32,9 +32,11 @@ class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, compute_dtype):
         in_dtypes = (x.dtype, lora_a.dtype, lora_b.dtype)
-        if compute_dtype is not None:  # follow autocast the way nn.Linear would
-            x, weight, lora_a, lora_b = (t.to(compute_dtype) for t in (x, weight, lora_a, lora_b))
-            bias = bias.to(compute_dtype) if bias is not None else None
+        # Under autocast follow it as nn.Linear would; otherwise compute in the input's dtype
+        # (a bf16 base with fp32 adapters, as peft keeps them, computes in bf16).
+        compute_dtype = compute_dtype or x.dtype
+        x, weight, lora_a, lora_b = (t.to(compute_dtype) for t in (x, weight, lora_a, lora_b))
+        bias = bias.to(compute_dtype) if bias is not None else None
         x2 = x.reshape(-1, x.shape[-1])  # [N, in]
         xa = x2 @ lora_a.T  # [N, r]
         y = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
