@@ -32,7 +32,7 @@ def save_final(
 
 
 def save_merged(model: nn.Module, tokenizer, out: Path) -> None:
-    """Fold LoRA into the base weights and write a plain HF dir (works on a copy's weights)."""
+    """Fold an adapter (LoRA, DoRA, IA3) into the base weights and write a plain HF dir."""
     merged = model.merge_and_unload(safe_merge=True)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from strop.errors import StropError
-from strop.models.transforms import bitfit, freeze, full, lora
+from strop.models.transforms import bitfit, dora, freeze, full, ia3, lora
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ TRANSFORMS: dict[str, Transform] = {
     "freeze": Transform(freeze.FreezeParams, freeze.apply, is_adapter=False),
     "bitfit": Transform(bitfit.BitFitParams, bitfit.apply, is_adapter=False),
     "lora": Transform(lora.LoraParams, lora.apply, True, lora.lr_multipliers),
+    "dora": Transform(dora.DoraParams, dora.apply, is_adapter=True),
+    "ia3": Transform(ia3.IA3Params, ia3.apply, is_adapter=True),
 }
 
 

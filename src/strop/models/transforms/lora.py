@@ -27,20 +27,27 @@ class LoraParams(BaseModel):
     """Use strop's fused LoRA linear forward/backward (same peft modules and file format)."""
 
 
-def apply(model, params: LoraParams):
-    from peft import LoraConfig, get_peft_model
+def lora_config(params, use_dora: bool = False):
+    """The peft LoraConfig for LoRA params (DoRA shares every field it uses)."""
+    from peft import LoraConfig
 
-    cfg = LoraConfig(
+    return LoraConfig(
         r=params.r,
         lora_alpha=params.alpha,
         lora_dropout=params.dropout,
         target_modules=params.targets,
         use_rslora=params.rslora,
+        use_dora=use_dora,
         init_lora_weights=params.init,
         modules_to_save=params.modules_to_save or None,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, cfg)
+
+
+def apply(model, params: LoraParams):
+    from peft import get_peft_model
+
+    model = get_peft_model(model, lora_config(params))
     if params.fused:
         from strop.models.fused_lora import fuse_lora_layers
 
