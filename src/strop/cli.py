@@ -37,6 +37,19 @@ def train(
     train_command(config, overrides or [])
 
 
+@app.command("eval")
+def eval_(
+    config: str = typer.Argument(..., help="YAML eval config (models, baseline, tasks)"),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides, e.g. seed=1 tasks.events.limit=10"
+    ),
+) -> None:
+    """Score models on generation / perplexity tasks; report deltas with 95% bootstrap CIs."""
+    from strop.commands.eval import eval_command
+
+    eval_command(config, overrides or [])
+
+
 @data_app.command("inspect")
 def data_inspect(
     config: str = typer.Argument(..., help="YAML config file"),

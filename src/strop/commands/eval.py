@@ -1,0 +1,16 @@
+"""`strop eval CONFIG.yaml [overrides]`: base-vs-tuned metrics with bootstrap CIs."""
+
+from __future__ import annotations
+
+import sys
+
+from strop.eval.config import load_eval_config
+
+
+def eval_command(config: str, overrides: list[str]) -> None:
+    from strop.eval.runner import run_eval
+
+    cfg = load_eval_config(config, overrides)
+    out = run_eval(cfg, log=lambda msg: print(msg, file=sys.stderr))
+    print((out / "report.md").read_text())
+    print(f"wrote {out / 'results.json'} and {out / 'report.md'}")

@@ -1,0 +1,184 @@
+"""The `strop eval` config: models to compare, tasks to run, where to write. Strict, like the
+training config: an unknown key is an error that names it and suggests the closest valid one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from strop.config.load import apply_override, closest
+from strop.config.schema import Section
+from strop.errors import StropError
+
+GENERATION_METRICS = ("exact_match", "token_f1", "json_fields")
+
+
+class ModelSpec(Section):
+    model: str
+    """Known model name, local HF dir, or .gguf file."""
+    adapter: str | None = None
+    """A PEFT adapter dir (e.g. a run's final/) applied on top of ``model``."""
+    dtype: str = "auto"
+
+
+class TaskSpec(Section):
+    name: str
+    type: Literal["generation", "perplexity"]
+    data: str | list[str]
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
+    kind: Literal["chat", "text"] = "chat"
+    """perplexity: chat (loss on the turns chosen by ``mask``) or text (loss on every token)."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N examples."""
+    metrics: list[Literal["exact_match", "token_f1", "json_fields"]] | None = None
+    """generation only; default exact_match and token_f1."""
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(8, ge=1)
+    mask: Literal["assistant", "last", "all"] = "assistant"
+    max_length: int = Field(1024, ge=8)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.type == "perplexity" and self.metrics is not None:
+            raise ValueError(
+                f"task {self.name!r}: metrics: perplexity tasks always report loss, ppl and "
+                "bits_per_byte; remove the key"
+            )
+        if self.type == "generation" and self.kind == "text":
+            raise ValueError(f"task {self.name!r}: kind: generation needs chat data")
+        if self.type == "generation" and self.metrics is None:
+            self.metrics = ["exact_match", "token_f1"]
+        return self
+
+
+class EvalConfig(Section):
+    models: dict[str, ModelSpec]
+    baseline: str | None = None
+    """The column deltas are taken against; default the first model."""
+    output_dir: str = "runs/eval"
+    seed: int = 0
+    """Seeds sampling (temperature > 0) and the bootstrap."""
+    bootstrap: int = Field(1000, ge=10)
+    """Paired bootstrap resamples for the 95% CIs of deltas."""
+    tasks: list[TaskSpec]
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_to_specs(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: {"model": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if not self.models:
+            raise ValueError("models: name at least one model")
+        if not self.tasks:
+            raise ValueError("tasks: name at least one task")
+        if self.baseline is None:
+            self.baseline = next(iter(self.models))
+        elif self.baseline not in self.models:
+            raise ValueError(
+                f"baseline: {self.baseline!r} is not one of the models ({', '.join(self.models)})"
+            )
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tasks: duplicate task name(s) {', '.join(dup)}")
+        return self
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Valid keys at ``loc`` (top level, inside a task, or inside one model)."""
+    if not loc:
+        return list(EvalConfig.model_fields)
+    if loc[0] == "tasks" and len(loc) == 2:
+        return list(TaskSpec.model_fields)
+    if loc[0] == "models" and len(loc) == 2:
+        return list(ModelSpec.model_fields)
+    return []
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            close = closest(str(loc[-1]), _fields_at(loc[:-1]))
+            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close])!r}?" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict | list) and loc else ""
+        problems.append(f"{key}: {msg}{shown}" if loc else msg)
+    return f"{source}: " + "; ".join(problems)
+
+
+def _check_paths(cfg: EvalConfig, source: str) -> None:
+    for i, task in enumerate(cfg.tasks):
+        for path in [task.data] if isinstance(task.data, str) else task.data:
+            if not Path(path).exists():
+                raise StropError(f"{source}: tasks.{i}.data: file not found: {path}")
+    for name, spec in cfg.models.items():
+        if spec.adapter is not None and not Path(spec.adapter).is_dir():
+            raise StropError(f"{source}: models.{name}.adapter: not a directory: {spec.adapter}")
+
+
+def load_eval_config(
+    path: str | Path | None, overrides: list[str] = (), raw: dict | None = None
+) -> EvalConfig:
+    """Read YAML (or take ``raw``), apply dotted overrides, validate strictly."""
+    tree: dict[str, Any] = dict(raw or {})
+    source = "config"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise StropError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise StropError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(loaded, dict):
+            raise StropError(f"{path}: expected a mapping with models and tasks at the top level")
+        tree.update(loaded)
+    for ov in overrides:
+        _apply_eval_override(tree, ov)
+    try:
+        cfg = EvalConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise StropError(_describe(exc, source)) from None
+    _check_paths(cfg, source)
+    return cfg
+
+
+def _apply_eval_override(tree: dict, override: str) -> None:
+    """Dotted overrides; ``tasks.<name or index>.key=value`` reaches into one task."""
+    if "=" not in override:
+        apply_override(tree, override)  # raises the usual "expected key.path=value"
+    key = override.split("=", 1)[0].strip()
+    parts = key.split(".")
+    if parts[0] == "tasks" and len(parts) >= 3 and isinstance(tree.get("tasks"), list):
+        tasks = tree["tasks"]
+        sel = parts[1]
+        idx = next(
+            (i for i, t in enumerate(tasks) if isinstance(t, dict) and t.get("name") == sel), None
+        )
+        if idx is None and sel.isdigit() and int(sel) < len(tasks):
+            idx = int(sel)
+        if idx is None:
+            raise StropError(f"override {override!r}: no task named {sel!r}")
+        sub = {"t": tasks[idx]}
+        apply_override(sub, "t." + ".".join(parts[2:]) + "=" + override.split("=", 1)[1])
+        return
+    apply_override(tree, override)

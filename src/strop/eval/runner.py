@@ -1,0 +1,210 @@
+"""`strop eval`: score every model on every task, then compare each with the baseline.
+
+Writes ``<output_dir>/eval/``: results.json (values, per-example scores, deltas with 95%
+bootstrap CIs and the settings that change scores), report.md (one table, a column per model),
+one PNG bar chart per task and predictions/<task>.<model>.jsonl for generation tasks.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from strop.eval.config import EvalConfig, TaskSpec
+from strop.eval.stats import paired_bootstrap
+from strop.eval.tasks import TASKS, TaskOutput, load_examples
+
+
+def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
+    """Everything besides the model that changes a task's scores."""
+    s = {"type": task.type, "data": task.data, "limit": task.limit, "n": n, "seed": cfg.seed}
+    if task.type == "generation":
+        s["chat_template"] = True
+        s["metrics"] = list(task.metrics)
+        s["generation"] = {
+            "max_new_tokens": task.max_new_tokens,
+            "temperature": task.temperature,
+            "top_p": task.top_p,
+            "stop": list(task.stop),
+            "batch_size": task.batch_size,
+            "decoding": "greedy" if task.temperature == 0 else "sampled",
+        }
+    else:
+        s["chat_template"] = task.kind == "chat"
+        s.update(kind=task.kind, mask=task.mask, max_length=task.max_length)
+    return s
+
+
+def _load(spec):
+    from strop.models.load import load_model
+
+    model, tok, _ = load_model(spec.model, spec.dtype, spec.adapter)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tok
+
+
+def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, TaskOutput]]]:
+    """Run every task on every model; returns (examples per task, outputs[task][model])."""
+    examples = {t.name: load_examples(t) for t in cfg.tasks}
+    outputs: dict[str, dict[str, TaskOutput]] = {t.name: {} for t in cfg.tasks}
+    for name, spec in cfg.models.items():
+        log(f"model {name}: {spec.model}" + (f" + adapter {spec.adapter}" if spec.adapter else ""))
+        model, tok = _load(spec)
+        for task in cfg.tasks:
+            out = TASKS[task.type](model, tok, task, examples[task.name], cfg.seed)
+            outputs[task.name][name] = out
+            shown = ", ".join(f"{k}={m.value:.4g}" for k, m in out.metrics.items())
+            log(f"  {task.name}: {shown}")
+        del model, tok
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return examples, outputs
+
+
+def build_results(cfg: EvalConfig, examples: dict, outputs: dict) -> dict:
+    base = cfg.baseline
+    tasks = {}
+    for task in cfg.tasks:
+        per_model = outputs[task.name]
+        results = {
+            model: {
+                metric: {
+                    "value": m.value,
+                    "n": len(m.scores),
+                    "scores": m.scores,
+                    **({"weights": m.weights} if m.weights is not None else {}),
+                    **({"transform": m.transform} if m.transform != "identity" else {}),
+                }
+                for metric, m in out.metrics.items()
+            }
+            for model, out in per_model.items()
+        }
+        deltas = {}
+        for model, out in per_model.items():
+            if model == base:
+                continue
+            deltas[model] = {
+                metric: paired_bootstrap(
+                    per_model[base].metrics[metric].scores,
+                    m.scores,
+                    weights=per_model[base].metrics[metric].weights,
+                    candidate_weights=m.weights,
+                    transform=m.transform,
+                    resamples=cfg.bootstrap,
+                    seed=cfg.seed,
+                ).as_dict()
+                for metric, m in out.metrics.items()
+            }
+        tasks[task.name] = {
+            "settings": task_settings(task, cfg, len(examples[task.name])),
+            "results": results,
+            "deltas": deltas,
+        }
+    return {
+        "baseline": base,
+        "models": {k: v.model_dump() for k, v in cfg.models.items()},
+        "seed": cfg.seed,
+        "bootstrap": cfg.bootstrap,
+        "tasks": tasks,
+    }
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x != x else f"{x:.4g}" if abs(x) >= 1000 else f"{x:.4f}"
+
+
+def _signed(x: float) -> str:
+    return "nan" if x != x else f"{x:+.4f}" if abs(x) < 1000 else f"{x:+.4g}"
+
+
+def render_report(cfg: EvalConfig, results: dict) -> str:
+    names = list(cfg.models)
+    base = cfg.baseline
+    head = ["task", "metric", *[f"{n} (baseline)" if n == base else n for n in names]]
+    lines = [
+        "# strop eval report",
+        "",
+        f"Baseline: **{base}**. Other columns: value, then delta vs the baseline with its 95% "
+        f"paired-bootstrap CI ({cfg.bootstrap} resamples, seed {cfg.seed}).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(names)) + "|",
+    ]
+    for task, t in results["tasks"].items():
+        for metric in t["results"][base]:
+            cells = []
+            for n in names:
+                cell = _fmt(t["results"][n][metric]["value"])
+                if n != base:
+                    d = t["deltas"][n][metric]
+                    lo, hi = d["ci95"]
+                    cell += f" ({_signed(d['delta'])} [{_signed(lo)}, {_signed(hi)}])"
+                cells.append(cell)
+            lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    lines += ["", "## Settings", ""]
+    for n, spec in cfg.models.items():
+        lines.append(
+            f"- model `{n}`: `{spec.model}`"
+            + (f" + adapter `{spec.adapter}`" if spec.adapter else "")
+        )
+    for task, t in results["tasks"].items():
+        s = t["settings"]
+        lines.append(f"- task `{task}` ({s['type']}, n={s['n']}): " + json.dumps(s, default=str))
+    for task in results["tasks"]:
+        lines += ["", f"![{task}]({_safe(task)}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_task(path: Path, task: str, result: dict, names: list[str]) -> None:
+    """One panel per metric (scales differ: accuracy vs perplexity), one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(result[names[0]])
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(2.2 + 2.4 * len(metrics), 3.2), squeeze=False
+    )
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values = [result[n][metric]["value"] for n in names]
+        bars = ax.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    fig.suptitle(task)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def run_eval(cfg: EvalConfig, log=print) -> Path:
+    """Score, compare, write the eval dir; returns it."""
+    out = Path(cfg.output_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    examples, outputs = score_models(cfg, log)
+    results = build_results(cfg, examples, outputs)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    for task, per_model in outputs.items():
+        for model, o in per_model.items():
+            if o.predictions is not None:
+                pred_dir = out / "predictions"
+                pred_dir.mkdir(exist_ok=True)
+                rows = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in o.predictions)
+                (pred_dir / f"{_safe(task)}.{_safe(model)}.jsonl").write_text(rows)
+        plot_task(
+            out / f"{_safe(task)}.png", task, results["tasks"][task]["results"], list(cfg.models)
+        )
+    (out / "report.md").write_text(render_report(cfg, results))
+    return out

@@ -1,0 +1,174 @@
+"""Eval task types: each turns (model, tokenizer, examples) into per-example metric scores.
+
+Per-example scores (not just means) are kept so the paired bootstrap in ``stats`` can put a
+confidence interval on any difference between two models. Task types live in ``TASKS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from strop.data.records import Record
+from strop.errors import StropError
+from strop.eval.config import TaskSpec
+
+
+@dataclass
+class MetricScores:
+    """One metric on one model: ``transform(sum(w * s) / sum(w))`` over examples."""
+
+    scores: list[float]
+    weights: list[float] | None = None
+    transform: str = "identity"
+
+    @property
+    def value(self) -> float:
+        from strop.eval.stats import aggregate
+
+        return aggregate(self.scores, self.weights, self.transform)
+
+
+@dataclass
+class TaskOutput:
+    metrics: dict[str, MetricScores]
+    predictions: list[dict] | None = None  # generation: prompt origin, prediction, reference
+
+
+def load_examples(task: TaskSpec) -> list[Record]:
+    from strop.data.validate import load_records
+
+    kind = "text" if task.kind == "text" else "chat"
+    records = load_records(task.data, task.format, kind=kind, max_bad_fraction=0.0).records
+    return records[: task.limit] if task.limit else records
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+
+def split_reference(record: Record) -> tuple[list[dict], str]:
+    """(prompt messages, reference): the reference is the final assistant turn."""
+    msgs = record.messages or []
+    if len(msgs) < 2 or msgs[-1].role != "assistant":
+        raise StropError(
+            f"{record.origin}: a generation eval row must end with an assistant turn (the "
+            "reference answer) after at least one prompt turn"
+        )
+    return [{"role": m.role, "content": m.content} for m in msgs[:-1]], msgs[-1].content
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(prediction.strip() == reference.strip())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 over whitespace tokens (multiset overlap); two empty strings score 1."""
+    pred, ref = prediction.split(), reference.split()
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def json_fields(prediction: str, reference: str, origin: str) -> dict[str, float]:
+    """Field accuracy and validity of the first JSON object in the prediction."""
+    from strop.eval.extraction import score_extractions
+
+    try:
+        s = score_extractions([prediction], [reference])
+    except ValueError:
+        raise StropError(
+            f"{origin}: metric json_fields needs a JSON object as the reference answer"
+        ) from None
+    return {"json_field_accuracy": s.field_accuracy, "json_valid": s.valid_json}
+
+
+def run_generation(model, tokenizer, task: TaskSpec, examples: list[Record], seed: int):
+    from strop.infer import GenerationParams, generate
+
+    pairs = [split_reference(r) for r in examples]
+    params = GenerationParams(
+        max_new_tokens=task.max_new_tokens,
+        temperature=task.temperature,
+        top_p=task.top_p,
+        stop=list(task.stop),
+        batch_size=task.batch_size,
+        seed=seed,
+    )
+    preds = generate(model, tokenizer, [p for p, _ in pairs], params)
+    scores: dict[str, list[float]] = {}
+    for rec, pred, (_, ref) in zip(examples, preds, pairs, strict=True):
+        row: dict[str, float] = {}
+        if "exact_match" in task.metrics:
+            row["exact_match"] = exact_match(pred, ref)
+        if "token_f1" in task.metrics:
+            row["token_f1"] = token_f1(pred, ref)
+        if "json_fields" in task.metrics:
+            row.update(json_fields(pred, ref, rec.origin))
+        for k, v in row.items():
+            scores.setdefault(k, []).append(v)
+    predictions = [
+        {"origin": r.origin, "prediction": p, "reference": ref}
+        for r, p, (_, ref) in zip(examples, preds, pairs, strict=True)
+    ]
+    return TaskOutput({k: MetricScores(v) for k, v in scores.items()}, predictions)
+
+
+# -- perplexity ---------------------------------------------------------------------------------
+
+
+def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Record], seed: int):
+    """Mean cross-entropy per target token (chat: the turns ``task.mask`` selects; text: every
+    token), perplexity = exp(that), and bits per byte = CE sum / ln 2 / UTF-8 bytes of the
+    target text (special tokens such as <|im_end|> add loss but no bytes)."""
+    from strop.data.batching import collate, unpacked
+    from strop.data.render import IGNORE, tokenize_records
+    from strop.train.objectives.causal_lm import CausalLMObjective
+
+    samples, _, _ = tokenize_records(
+        tokenizer, examples, mask=task.mask, max_length=task.max_length, truncation="right"
+    )
+    if not samples:
+        raise StropError(f"task {task.name!r}: no example has a target token to score")
+    objective = CausalLMObjective(model)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loss, tokens, nbytes = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for row in unpacked(samples):  # one example per forward: per-example sums
+                batch = collate([row], pad)
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                out = objective(**batch)
+                n = int(out["n_targets"])
+                target = [y for y in row.labels[1:] if y != IGNORE]
+                text = tokenizer.decode(target, skip_special_tokens=True)
+                loss.append(float(out["loss_sum"]) / n)
+                tokens.append(float(n))
+                nbytes.append(float(len(text.encode("utf-8"))))
+    finally:
+        model.train(was_training)
+    # bits per byte per example = loss_sum / ln2 / bytes, weighted by bytes -> ratio of sums.
+    bpb = [
+        (ce * n / math.log(2) / b) if b else 0.0
+        for ce, n, b in zip(loss, tokens, nbytes, strict=True)
+    ]
+    metrics = {
+        "loss": MetricScores(loss, tokens),
+        "ppl": MetricScores(loss, tokens, "exp"),
+        "bits_per_byte": MetricScores(bpb, nbytes),
+    }
+    return TaskOutput(metrics)
+
+
+TaskFn = Callable[..., TaskOutput]
+TASKS: dict[str, TaskFn] = {"generation": run_generation, "perplexity": run_perplexity}
