@@ -31,7 +31,7 @@ def train(
     config: str = typer.Argument(..., help="YAML config file"),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
-    """Train any stage (pt, sft) with any method (full, freeze, bitfit, lora, dora, ia3)."""
+    """Train any stage (pt, sft) with any method (full, freeze, bitfit, lora, dora, ia3, qlora)."""
     from strop.commands.train import train_command
 
     train_command(config, overrides or [])

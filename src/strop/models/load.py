@@ -118,6 +118,8 @@ def frozen_linears_to(model: torch.nn.Module, dtype: torch.dtype) -> int:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             w = module.weight
+            if type(w).__name__ in ("Params4bit", "Int8Params"):  # bnb (QLoRA): packed ints
+                continue
             if not w.requires_grad and w is not tied and w.dtype != dtype:
                 module.weight.data = w.data.to(dtype)
                 n += 1

@@ -33,7 +33,8 @@ def save_final(
 
 def save_merged(model: nn.Module, tokenizer, out: Path) -> None:
     """Fold an adapter (LoRA, DoRA, IA3) into the base weights and write a plain HF dir."""
-    merged = model.merge_and_unload(safe_merge=True)
+    # QLoRA hands over a model it already merged (into its dequantised base).
+    merged = model.merge_and_unload(safe_merge=True) if hasattr(model, "peft_config") else model
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 

@@ -300,10 +300,20 @@ def _handle_nonfinite(
 def _finish(cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval):
     full = artifacts.full_state_dict(objective)  # a collective: every rank takes part
     final_dir = run_dir / "final"
+    merge_err = None
     if d.is_main:
         artifacts.save_final(model, full, tokenizer, final_dir, transform.is_adapter, model_dir)
         if cfg.train.save_merged and transform.is_adapter:
-            merged_src, _, _ = load_model(str(model_dir), cfg.model.dtype, adapter=str(final_dir))
+            if transform.merge is not None:  # e.g. QLoRA: into the dequantised base
+                params = parse_method(cfg.method)[1]
+                merged_src, merge_err = transform.merge(
+                    model_dir, cfg.model.dtype, final_dir, params, cfg.model.attn
+                )
+                print(f"merged: max |logit diff| to the trained model {merge_err:.2e}")
+            else:
+                merged_src, _, _ = load_model(
+                    str(model_dir), cfg.model.dtype, adapter=str(final_dir)
+                )
             artifacts.save_merged(merged_src, tokenizer, run_dir / "final-merged")
         artifacts.plot_losses(run_dir)
         summary = {
@@ -315,6 +325,8 @@ def _finish(cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, 
             "non-finite steps skipped": state["nan_skips"],
             "final": str(final_dir),
         }
+        if merge_err is not None:
+            summary["merge: max |logit diff| to the trained model"] = f"{merge_err:.2e}"
         if last_eval:
             summary.update({k: round(v, 4) for k, v in last_eval.items()})
         artifacts.write_report(run_dir, summary)

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from strop.errors import StropError
-from strop.models.transforms import bitfit, dora, freeze, full, ia3, lora
+from strop.models.transforms import bitfit, dora, freeze, full, ia3, lora, qlora
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class Transform:
     apply: Any  # (model, params) -> model
     is_adapter: bool  # final/ holds a PEFT adapter (True) or a full HF model dir (False)
     lr_multipliers: Any = None  # (model, params) -> {param name: lr multiplier}, e.g. LoRA+
+    # (base_dir, dtype, adapter_dir, params, attn) -> (merged model, max |logit diff|) for
+    # methods whose merge is not peft's plain merge_and_unload on the base (QLoRA).
+    merge: Any = None
 
 
 TRANSFORMS: dict[str, Transform] = {
@@ -30,6 +33,9 @@ TRANSFORMS: dict[str, Transform] = {
     "lora": Transform(lora.LoraParams, lora.apply, True, lora.lr_multipliers),
     "dora": Transform(dora.DoraParams, dora.apply, is_adapter=True),
     "ia3": Transform(ia3.IA3Params, ia3.apply, is_adapter=True),
+    "qlora": Transform(
+        qlora.QloraParams, qlora.apply, True, qlora.lr_multipliers, qlora.merged_model
+    ),
 }
 
 
