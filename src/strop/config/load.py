@@ -71,26 +71,31 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
     return f"{source}: " + "; ".join(problems)
 
 
+def read_yaml_tree(path: str | Path | None, raw: dict | None = None) -> tuple[dict, str]:
+    """The mapping in a YAML file (merged over ``raw``) and the name errors should cite."""
+    tree: dict[str, Any] = dict(raw or {})
+    if path is None:
+        return tree, "config"
+    p = Path(path)
+    if not p.exists():
+        raise StropError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise StropError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(loaded, dict):
+        raise StropError(f"{path}: expected a mapping at the top level")
+    tree.update(loaded)
+    return tree, str(path)
+
+
 def load_config(
     path: str | Path | None, overrides: list[str] = (), raw: dict | None = None
 ) -> Config:
     """Read YAML (or take ``raw``), apply overrides, validate strictly."""
-    tree: dict[str, Any] = dict(raw or {})
-    source = "config"
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.exists():
-            raise StropError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise StropError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(loaded, dict):
-            raise StropError(f"{path}: expected a mapping of sections at the top level")
-        tree.update(loaded)
+    tree, source = read_yaml_tree(path, raw)
     for ov in overrides:
         apply_override(tree, ov)
     try:

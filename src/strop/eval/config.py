@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from strop.config.load import apply_override, closest
+from strop.config.load import apply_override, closest, read_yaml_tree
 from strop.config.schema import Section
 from strop.errors import StropError
 
@@ -136,22 +135,7 @@ def load_eval_config(
     path: str | Path | None, overrides: list[str] = (), raw: dict | None = None
 ) -> EvalConfig:
     """Read YAML (or take ``raw``), apply dotted overrides, validate strictly."""
-    tree: dict[str, Any] = dict(raw or {})
-    source = "config"
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.exists():
-            raise StropError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise StropError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(loaded, dict):
-            raise StropError(f"{path}: expected a mapping with models and tasks at the top level")
-        tree.update(loaded)
+    tree, source = read_yaml_tree(path, raw)
     for ov in overrides:
         _apply_eval_override(tree, ov)
     try:
