@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # bitsandbytes (imported by peft) warns on every CPU import that an optional hub kernel
+    # package is missing; strop never fetches kernels from a hub, so the warning is noise.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # peft still calls this deprecated transformers property; nothing for users to act on.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
