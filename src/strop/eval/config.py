@@ -25,7 +25,7 @@ class ModelSpec(Section):
 
 class TaskSpec(Section):
     name: str
-    type: Literal["generation", "perplexity"]
+    type: Literal["generation", "perplexity", "multiple_choice"]
     data: str | list[str]
     format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
     kind: Literal["chat", "text"] = "chat"
@@ -41,9 +41,29 @@ class TaskSpec(Section):
     batch_size: int = Field(8, ge=1)
     mask: Literal["assistant", "last", "all"] = "assistant"
     max_length: int = Field(1024, ge=8)
+    dev: str | None = None
+    """multiple_choice: file of k-shot examples (taken per subject when rows have one)."""
+    shots: int = Field(0, ge=0)
+    score: Literal["letter", "text"] = "letter"
+    """multiple_choice: score the continuation " A" (letter) or " <choice text>" (text)."""
+    chat_template: bool = False
+    """multiple_choice: wrap the prompt in the model's chat template."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
+        mc_keys = {"dev", "shots", "score", "chat_template"} & self.model_fields_set
+        if self.type != "multiple_choice" and mc_keys:
+            raise ValueError(
+                f"task {self.name!r}: {', '.join(sorted(mc_keys))}: multiple_choice tasks only"
+            )
+        if self.type == "multiple_choice":
+            if self.metrics is not None:
+                raise ValueError(
+                    f"task {self.name!r}: metrics: multiple_choice tasks always report accuracy, "
+                    "accuracy_norm and accuracy_macro; remove the key"
+                )
+            if self.shots and not self.dev:
+                raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
         if self.type == "perplexity" and self.metrics is not None:
             raise ValueError(
                 f"task {self.name!r}: metrics: perplexity tasks always report loss, ppl and "
@@ -126,6 +146,8 @@ def _check_paths(cfg: EvalConfig, source: str) -> None:
         for path in [task.data] if isinstance(task.data, str) else task.data:
             if not Path(path).exists():
                 raise StropError(f"{source}: tasks.{i}.data: file not found: {path}")
+        if task.dev is not None and not Path(task.dev).exists():
+            raise StropError(f"{source}: tasks.{i}.dev: file not found: {task.dev}")
     for name, spec in cfg.models.items():
         if spec.adapter is not None and not Path(spec.adapter).is_dir():
             raise StropError(f"{source}: models.{name}.adapter: not a directory: {spec.adapter}")

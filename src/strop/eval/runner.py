@@ -33,6 +33,10 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
             "batch_size": task.batch_size,
             "decoding": "greedy" if task.temperature == 0 else "sampled",
         }
+    elif task.type == "multiple_choice":
+        s["chat_template"] = task.chat_template
+        s.update(dev=task.dev, shots=task.shots, score=task.score, max_length=task.max_length)
+        s["normalisation"] = "log-likelihood / characters of the continuation"
     else:
         s["chat_template"] = task.kind == "chat"
         s.update(kind=task.kind, mask=task.mask, max_length=task.max_length)
@@ -106,6 +110,9 @@ def build_results(cfg: EvalConfig, examples: dict, outputs: dict) -> dict:
             "results": results,
             "deltas": deltas,
         }
+        for model, out in per_model.items():
+            for key, value in (out.breakdown or {}).items():
+                tasks[task.name].setdefault(key, {})[model] = value
     return {
         "baseline": base,
         "models": {k: v.model_dump() for k, v in cfg.models.items()},

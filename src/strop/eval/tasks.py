@@ -37,10 +37,16 @@ class MetricScores:
 class TaskOutput:
     metrics: dict[str, MetricScores]
     predictions: list[dict] | None = None  # generation: prompt origin, prediction, reference
+    breakdown: dict | None = None  # extra results (multiple_choice: per_subject)
 
 
-def load_examples(task: TaskSpec) -> list[Record]:
+def load_examples(task: TaskSpec) -> list:
     from strop.data.validate import load_records
+
+    if task.type == "multiple_choice":
+        from strop.eval.multiple_choice import load_mc_examples
+
+        return load_mc_examples(task)
 
     kind = "text" if task.kind == "text" else "chat"
     records = load_records(task.data, task.format, kind=kind, max_bad_fraction=0.0).records
@@ -170,5 +176,15 @@ def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Record], see
     return TaskOutput(metrics)
 
 
+def run_multiple_choice(model, tokenizer, task: TaskSpec, examples: list, seed: int):
+    from strop.eval.multiple_choice import run_multiple_choice as run
+
+    return run(model, tokenizer, task, examples, seed)
+
+
 TaskFn = Callable[..., TaskOutput]
-TASKS: dict[str, TaskFn] = {"generation": run_generation, "perplexity": run_perplexity}
+TASKS: dict[str, TaskFn] = {
+    "generation": run_generation,
+    "perplexity": run_perplexity,
+    "multiple_choice": run_multiple_choice,
+}

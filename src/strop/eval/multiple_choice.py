@@ -1,0 +1,268 @@
+"""Multiple-choice eval (MMLU / C-Eval style), scored by log-likelihood.
+
+Each choice's continuation (" A", " B", ... with ``score: letter``; " <choice text>" with
+``score: text``) is scored by the sum of its tokens' log-probs given the prompt; the prediction is
+the argmax. ``accuracy_norm`` divides each sum by the continuation's length in characters (as
+lm-eval's ``acc_norm``) before the argmax. Per-example 0/1 scores feed the paired bootstrap.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from strop.errors import StropError
+from strop.eval.config import TaskSpec
+from strop.eval.tasks import MetricScores, TaskOutput
+
+LETTERS = string.ascii_uppercase
+
+
+@dataclass
+class MCExample:
+    origin: str  # file:line
+    question: str
+    choices: list[str]
+    answer: int  # index into choices
+    subject: str | None = None
+
+
+def _parse_row(row: dict, origin: str) -> MCExample:
+    if not isinstance(row, dict):
+        raise StropError(f"{origin}: expected an object with question/choices/answer")
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise StropError(f"{origin}: missing or empty 'question'")
+    if row.get("choices") not in (None, ""):
+        choices = row["choices"]
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise StropError(f"{origin}: 'choices' must be a list of strings")
+    else:
+        choices = []
+        for letter in LETTERS:
+            value = row.get(letter)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                break
+            choices.append(str(value))
+        later = [c for c in LETTERS[len(choices) + 1 :] if row.get(c) not in (None, "")]
+        if later:
+            raise StropError(
+                f"{origin}: choice column {LETTERS[len(choices)]} is empty but {later[0]} is set"
+            )
+    if len(choices) < 2:
+        raise StropError(f"{origin}: need at least 2 choices (columns A, B, ... or 'choices')")
+    if len(choices) > len(LETTERS):
+        raise StropError(f"{origin}: at most {len(LETTERS)} choices")
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer.strip())
+    if isinstance(answer, bool) or answer is None or answer == "":
+        raise StropError(f"{origin}: missing 'answer' (a letter or a 0-based index)")
+    if isinstance(answer, int):
+        index = answer
+    elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
+        index = LETTERS.index(answer.strip().upper())
+    else:
+        raise StropError(f"{origin}: 'answer' must be a letter or a 0-based index, got {answer!r}")
+    if not 0 <= index < len(choices):
+        raise StropError(f"{origin}: answer {answer!r} is out of range for {len(choices)} choices")
+    subject = row.get("subject")
+    subject = str(subject).strip() if subject not in (None, "") else None
+    return MCExample(origin, question, list(choices), index, subject)
+
+
+def load_mc_file(path: str | Path) -> list[MCExample]:
+    """Rows of a CSV (with a header row) or JSONL file; a bad row raises naming file:line."""
+    path = Path(path)
+    out: list[MCExample] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "question" not in reader.fieldnames:
+                raise StropError(
+                    f"{path}:1: a multiple-choice CSV needs a header row with 'question', "
+                    "choice columns A, B, ... (or 'choices') and 'answer'"
+                )
+            start = reader.line_num + 1
+            for row in reader:
+                out.append(_parse_row(row, f"{path}:{start}"))
+                start = reader.line_num + 1
+        return out
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StropError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            out.append(_parse_row(row, f"{path}:{lineno}"))
+    return out
+
+
+def load_mc_examples(task: TaskSpec) -> list[MCExample]:
+    paths = [task.data] if isinstance(task.data, str) else task.data
+    examples = [ex for p in paths for ex in load_mc_file(p)]
+    return examples[: task.limit] if task.limit else examples
+
+
+# -- prompts -----------------------------------------------------------------------------------
+
+
+def continuation(ex: MCExample, i: int, score: str) -> str:
+    return " " + (LETTERS[i] if score == "letter" else ex.choices[i])
+
+
+def question_block(ex: MCExample) -> str:
+    lines = [f"Question: {ex.question}"]
+    lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(ex.choices)]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def pick_shots(ex: MCExample, dev: list[MCExample], k: int) -> list[MCExample]:
+    """The first k dev rows of the question's subject (when it has one and dev has subjects),
+    else the first k dev rows; the same shots for every question of a subject."""
+    if k == 0:
+        return []
+    if ex.subject is not None and any(d.subject is not None for d in dev):
+        same = [d for d in dev if d.subject == ex.subject]
+        if len(same) < k:
+            raise StropError(
+                f"{ex.origin}: shots: {k} but the dev file has {len(same)} row(s) for subject "
+                f"{ex.subject!r}"
+            )
+        return same[:k]
+    if len(dev) < k:
+        raise StropError(f"shots: {k} but the dev file has only {len(dev)} row(s)")
+    return dev[:k]
+
+
+def build_prompt(ex: MCExample, shots: list[MCExample], score: str) -> str:
+    blocks = [question_block(s) + continuation(s, s.answer, score) for s in shots]
+    return "\n\n".join([*blocks, question_block(ex)])
+
+
+def split_ids(tokenizer, context: str, cont: str, chat: bool = False) -> tuple[list, list]:
+    """(context ids, continuation ids): encode context+continuation as one string and split at
+    the length of the context's own encoding (lm-eval's rule), so the continuation is scored
+    exactly as the model would see it in running text. If a token merges across the boundary
+    (the whole encoding does not start with the context's), the two are encoded separately."""
+    special = not chat  # a rendered chat template already holds its BOS
+    ctx = tokenizer(context, add_special_tokens=special)["input_ids"]
+    whole = tokenizer(context + cont, add_special_tokens=special)["input_ids"]
+    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx) :]
+    return ctx, tokenizer(cont, add_special_tokens=False)["input_ids"]
+
+
+def render_context(tokenizer, prompt: str, chat: bool) -> str:
+    if not chat:
+        return prompt
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+
+def continuation_logprobs(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
+) -> list[float]:
+    """Sum of log p(continuation token | everything before it) for each (ctx, cont) id pair;
+    right-padded batches with an attention mask."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                seqs = [c + t for c, t in chunk]
+                width = max(len(s) for s in seqs)
+                ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                for row, s in enumerate(seqs):
+                    ids[row, : len(s)] = torch.tensor(s)
+                    mask[row, : len(s)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                for row, (ctx, cont) in enumerate(chunk):
+                    pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=device)
+                    tgt = torch.tensor(cont, device=device)
+                    out.append(float(logp[row, pos, tgt].sum()))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def score_choices(model, tokenizer, task: TaskSpec, examples: list[MCExample]) -> list[dict]:
+    """Per example: continuations, their log-likelihoods, and the plain / normalised picks."""
+    dev = load_mc_file(task.dev) if task.dev else []
+    chat = bool(task.chat_template)
+    pairs, index = [], []
+    for n, ex in enumerate(examples):
+        prompt = build_prompt(ex, pick_shots(ex, dev, task.shots), task.score)
+        context = render_context(tokenizer, prompt, chat)
+        for i in range(len(ex.choices)):
+            cont = continuation(ex, i, task.score)
+            if chat:
+                cont = cont.lstrip(" ")
+            ctx_ids, cont_ids = split_ids(tokenizer, context, cont, chat)
+            if task.max_length and len(ctx_ids) + len(cont_ids) > task.max_length:
+                ctx_ids = ctx_ids[-max(1, task.max_length - len(cont_ids)) :]  # cut the left
+            pairs.append((ctx_ids, cont_ids))
+            index.append((n, cont))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    lls = continuation_logprobs(model, pairs, task.batch_size, pad)
+    rows = [
+        {"origin": ex.origin, "subject": ex.subject, "answer": ex.answer, "conts": [], "ll": []}
+        for ex in examples
+    ]
+    for (n, cont), ll in zip(index, lls, strict=True):
+        rows[n]["conts"].append(cont)
+        rows[n]["ll"].append(ll)
+    for r in rows:
+        norm = [ll / max(1, len(c)) for ll, c in zip(r["ll"], r["conts"], strict=True)]
+        r["pred"] = max(range(len(r["ll"])), key=r["ll"].__getitem__)
+        r["pred_norm"] = max(range(len(norm)), key=norm.__getitem__)
+    return rows
+
+
+def run_multiple_choice(model, tokenizer, task: TaskSpec, examples: list[MCExample], seed: int):
+    rows = score_choices(model, tokenizer, task, examples)
+    acc = [float(r["pred"] == r["answer"]) for r in rows]
+    acc_norm = [float(r["pred_norm"] == r["answer"]) for r in rows]
+    subjects = [r["subject"] or "(none)" for r in rows]
+    counts = {s: subjects.count(s) for s in dict.fromkeys(subjects)}
+    per_subject = {
+        s: {
+            "accuracy": sum(a for a, t in zip(acc, subjects, strict=True) if t == s) / n,
+            "n": n,
+        }
+        for s, n in counts.items()
+    }
+    metrics = {
+        "accuracy": MetricScores(acc),
+        "accuracy_norm": MetricScores(acc_norm),
+        # mean over subjects = weighted mean with weight 1/n_subject per example
+        "accuracy_macro": MetricScores(acc, [1.0 / counts[s] for s in subjects]),
+    }
+    predictions = [
+        {
+            "origin": r["origin"],
+            "subject": r["subject"],
+            "answer": LETTERS[r["answer"]],
+            "prediction": LETTERS[r["pred"]],
+            "prediction_norm": LETTERS[r["pred_norm"]],
+            "loglik": r["ll"],
+        }
+        for r in rows
+    ]
+    return TaskOutput(metrics, predictions, breakdown={"per_subject": per_subject})
