@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -28,15 +29,33 @@ def apply_override(tree: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+def _as_model(ann) -> type[BaseModel] | None:
+    """The pydantic model an annotation names, directly or as a member of a union."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if get_origin(ann) in (Union, UnionType):
+        return next((m for a in get_args(ann) if (m := _as_model(a))), None)
+    return None
+
+
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names valid at ``loc`` (walking nested sections)."""
+    """The field names valid at ``loc``, walking nested sections and the items of list/dict
+    fields (``tasks.0``, ``models.base``)."""
+    node = model
     for part in loc:
-        field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
+        section = _as_model(node)
+        if section is not None:
+            field = section.model_fields.get(str(part))
+            if field is None:
+                return []
+            node = field.annotation
+        else:  # list[X] / dict[K, X]: this part is an index or a key
+            args = get_args(node)
+            if not args:
+                return []
+            node = args[-1]
+    section = _as_model(node)
+    return list(section.model_fields) if section else []
 
 
 def closest(key: str, valid: list[str]) -> str | None:
@@ -63,6 +82,8 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
             suggestion = ".".join([*map(str, loc[:-1]), close]) if close else ""
             hint = f"; did you mean {suggestion!r}?" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
+        elif not loc:  # a whole-config check: its message names the keys itself
+            problems.append(err["msg"].removeprefix("Value error, "))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from strop.config.load import apply_override, closest, read_yaml_tree
+from strop.config.load import apply_override, format_validation_error, read_yaml_tree
 from strop.config.schema import Section
 from strop.errors import StropError
 
@@ -113,34 +113,6 @@ class EvalConfig(Section):
         return self
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    """Valid keys at ``loc`` (top level, inside a task, or inside one model)."""
-    if not loc:
-        return list(EvalConfig.model_fields)
-    if loc[0] == "tasks" and len(loc) == 2:
-        return list(TaskSpec.model_fields)
-    if loc[0] == "models" and len(loc) == 2:
-        return list(ModelSpec.model_fields)
-    return []
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            close = closest(str(loc[-1]), _fields_at(loc[:-1]))
-            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close])!r}?" if close else ""
-            problems.append(f"unknown key {key!r}{hint}")
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        got = err.get("input")
-        shown = f" (got {got!r})" if not isinstance(got, dict | list) and loc else ""
-        problems.append(f"{key}: {msg}{shown}" if loc else msg)
-    return f"{source}: " + "; ".join(problems)
-
-
 def _check_paths(cfg: EvalConfig, source: str) -> None:
     for i, task in enumerate(cfg.tasks):
         for path in [task.data] if isinstance(task.data, str) else task.data:
@@ -163,7 +135,7 @@ def load_eval_config(
     try:
         cfg = EvalConfig.model_validate(tree)
     except ValidationError as exc:
-        raise StropError(_describe(exc, source)) from None
+        raise StropError(format_validation_error(exc, source, EvalConfig)) from None
     _check_paths(cfg, source)
     return cfg
 
