@@ -1,0 +1,1 @@
+"""Model merging: `strop merge CONFIG.yaml` (docs/merge.md)."""
