@@ -50,6 +50,20 @@ def eval_(
     eval_command(config, overrides or [])
 
 
+@app.command()
+def merge(
+    config: str = typer.Argument(..., help="YAML merge config (method, models, output)"),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides, e.g. params.t=0.3 models.0.weight=0.7"
+    ),
+) -> None:
+    """Merge models: linear, task_arithmetic, slerp, ties, dare_linear, dare_ties,
+    checkpoint_average; with a search: section, pick weights by eval score."""
+    from strop.commands.merge import merge_command
+
+    merge_command(config, overrides or [])
+
+
 @data_app.command("inspect")
 def data_inspect(
     config: str = typer.Argument(..., help="YAML config file"),

@@ -61,8 +61,11 @@ def task_arithmetic(base: Tensor, thetas: Sequence[Tensor], weights: Sequence[fl
 
 
 def lerp(v0: Tensor, v1: Tensor, t: float) -> Tensor:
-    """v0 + t(v1 − v0): exact when v0 = v1 (merging a model with itself is the identity)."""
+    """v0 + t(v1 − v0): exact when v0 = v1 (merging a model with itself is the identity),
+    and at t = 0 and t = 1 (the endpoints are the inputs, bit for bit)."""
     a = v0.float()
+    if t == 1:
+        return v1.float().clone()
     return a + t * (v1.float() - a)
 
 

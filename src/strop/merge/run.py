@@ -172,6 +172,14 @@ def _write_config(src_dir: Path, out: Path, dtype: str) -> None:
         shutil.copy2(src_dir / "generation_config.json", out / "generation_config.json")
 
 
+def _spec_params(cfg: MergeConfig, k: int, uses: frozenset[str]) -> dict:
+    """The weight/density config entries of input k (none for checkpoints)."""
+    if cfg.method == "checkpoint_average" or k >= len(cfg.models):
+        return {}
+    spec = cfg.models[k].model_dump(mode="json")
+    return {key: spec[key] for key in ("weight", "density") if key in uses}
+
+
 def _manifest(
     cfg: MergeConfig,
     inputs: list[Input],
@@ -183,6 +191,8 @@ def _manifest(
 ) -> dict:
     import safetensors
     import transformers
+
+    method_uses = MERGE_METHODS[cfg.method].uses
 
     def describe(inp: Input) -> dict:
         return {
@@ -198,8 +208,10 @@ def _manifest(
         "strop_version": strop.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": cfg.method,
-        "params": cfg.params.model_dump(mode="json"),
-        "inputs": [describe(i) for i in inputs],
+        "params": {k: v for k, v in cfg.params.model_dump(mode="json").items() if k in method_uses},
+        "inputs": [
+            {**describe(inp), **_spec_params(cfg, k, method_uses)} for k, inp in enumerate(inputs)
+        ],
         "base": describe(base) if base else None,
         "tokenizer_from": tok.label,
         "output": {
@@ -237,8 +249,10 @@ def run_merge(cfg: MergeConfig, log: Callable[[str], None] = print) -> Path:
     tmp: list[tempfile.TemporaryDirectory] = []
     try:
         inputs, base = open_all(cfg, tmp)
-        names = check_compatible(inputs, base)
+        # Vocabularies first: differing ones also differ in embedding shape, and the
+        # tokenizer message says why.
         tok = check_tokenizers(cfg, inputs, base)
+        names = check_compatible(inputs, base)
         method = MERGE_METHODS[cfg.method]
         first = inputs[0].source
         plan = [
