@@ -1,0 +1,239 @@
+"""filter: remove records that would teach the model something unwanted. Every rule is off
+unless configured (except ``empty``); a record is removed by the first rule it fails, and the
+report counts removals per rule.
+
+Per-turn rules check each turn whose role is in ``roles`` (text records: the document);
+repetition, symbol and digit ratios check what the model learns to say (assistant turns,
+chosen/rejected/completion, documents); ``languages`` looks at all the text of a record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from strop.config.schema import Section
+from strop.data.prepare.base import (
+    Changed,
+    Noted,
+    Removed,
+    Result,
+    Step,
+    ngram_tokens,
+    response_texts,
+    texts,
+)
+from strop.data.prepare.lang import detect_language
+from strop.data.records import Record
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+REFUSALS = [
+    r"\bas an ai(?: language)? model\b",
+    r"\bi(?:'m| am) (?:sorry|afraid),? (?:but )?i (?:can(?:not|'t)|am unable to|won't)\b",
+    r"\bi can(?:not|'t) (?:help|assist|provide|comply) with (?:that|this|your request)\b",
+    r"\bi(?:'m| am) (?:not able|unable) to (?:help|assist|provide|comply|fulfil)",
+    r"作为(?:一个)?(?:ai|人工智能)(?:语言模型|助手|模型)",
+    r"(?:抱歉|对不起)[，,]?\s*我(?:无法|不能)",
+    r"我无法(?:提供|回答|协助|帮助|满足)",
+]
+MIN_RATIO_CHARS = 20  # ratios of shorter turns say little ("42!" is 33% symbols)
+MIN_NGRAMS = 10  # repetition ratios need some n-grams to be meaningful
+
+
+class FilterParams(Section):
+    roles: list[Role] = ["user", "assistant"]
+    """Turns the per-turn length rules check."""
+    empty: bool = True
+    """Remove records with an empty or whitespace-only checked turn."""
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    tokenizer: str | None = None
+    """Model name or dir whose tokenizer counts tokens (needed by the *_tokens rules)."""
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    """Per checked turn."""
+    max_total_tokens: int | None = Field(None, ge=1)
+    """All turns of a record together (e.g. the training max_length)."""
+    ngram_n: int = Field(3, ge=1)
+    max_ngram_repeat: float | None = Field(None, ge=0, le=1)
+    """Largest share of a response's word n-grams (CJK: character n-grams) that repeat an
+    earlier n-gram of the same response."""
+    max_line_repeat: float | None = Field(None, ge=0, le=1)
+    """Largest share of a response's non-empty lines that repeat an earlier line."""
+    max_symbol_ratio: float | None = Field(None, ge=0, le=1)
+    """Largest share of non-space characters that are neither letters nor digits."""
+    max_digit_ratio: float | None = Field(None, ge=0, le=1)
+    banned_phrases: list[str] = Field(default_factory=list)
+    """Case-insensitive substrings; a record containing one anywhere is removed."""
+    banned_regexes: list[str] = Field(default_factory=list)
+    languages: list[str] | None = None
+    """Keep only these languages (en, zh, ja, ko, fr, de, es, pt, it, nl, ru, ...)."""
+    keep_undetermined: bool = True
+    """Keep records too short to tell their language ("und")."""
+    annotate_language: bool = False
+    """Write the detected language into the record's ``language`` field."""
+    refusals: bool = False
+    """Remove records whose responses are refusals or AI boilerplate ("As an AI language
+    model", "I'm sorry, but I can't", "作为一个AI语言模型", "抱歉，我无法")."""
+    refusal_patterns: list[str] = Field(default_factory=list)
+    """Extra refusal regexes (case-insensitive), added to the built-in ones."""
+
+    @field_validator("banned_regexes", "refusal_patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"invalid regular expression {pattern!r}: {e}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tokenizer_given(self) -> FilterParams:
+        rules = [k for k in ("min_tokens", "max_tokens", "max_total_tokens") if getattr(self, k)]
+        if rules and not self.tokenizer:
+            raise ValueError(f"{', '.join(rules)}: set tokenizer (a model name or dir) too")
+        return self
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer_by_name(name: str) -> Any:
+    from strop.hub import resolve_model
+    from strop.models.load import load_tokenizer
+
+    return load_tokenizer(resolve_model(name))
+
+
+def repeat_ratio(items: list) -> float:
+    """Share of items equal to an earlier item."""
+    return 1 - len(set(items)) / len(items) if items else 0.0
+
+
+def ngram_repeat(text: str, n: int) -> float | None:
+    toks = ngram_tokens(text)
+    grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+    return repeat_ratio(grams) if len(grams) >= MIN_NGRAMS else None
+
+
+def line_repeat(text: str) -> float | None:
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    return repeat_ratio(lines) if len(lines) >= 3 else None
+
+
+SPACE_RE = re.compile(r"\s+")
+DIGIT_RE = re.compile(r"\d")
+SYMBOL_RE = re.compile(r"[^\w\s]|_")
+
+
+def char_ratios(text: str) -> tuple[float, float] | None:
+    """(symbol share, digit share) of the non-space characters."""
+    dense = SPACE_RE.sub("", text)
+    if len(dense) < MIN_RATIO_CHARS:
+        return None
+    return SYMBOL_RE.subn("", dense)[1] / len(dense), DIGIT_RE.subn("", dense)[1] / len(dense)
+
+
+class Filter(Step):
+    name = "filter"
+    Params = FilterParams
+
+    def __init__(self, params: FilterParams) -> None:
+        super().__init__(params)
+        p = params
+        self.roles = tuple(p.roles)
+        phrases = "|".join(re.escape(x) for x in p.banned_phrases)
+        self.banned_phrase = re.compile(phrases, re.IGNORECASE) if phrases else None
+        self.banned_regexes = [re.compile(r) for r in p.banned_regexes]
+        refusals = [*REFUSALS, *p.refusal_patterns] if p.refusals else []
+        self.refusal = re.compile("|".join(refusals), re.IGNORECASE) if refusals else None
+        self.languages = set(p.languages) if p.languages is not None else None
+
+    def _token_counts(self, records: list[Record]) -> list[list[int]]:
+        """Token count of every checked turn, whole chunk in one batched tokenizer call."""
+        tok = load_tokenizer_by_name(self.params.tokenizer)
+        pieces = [texts(r, self.roles) for r in records]
+        flat = [t for ps in pieces for t in ps]
+        ids = tok(flat, add_special_tokens=False)["input_ids"] if flat else []
+        lengths, out = [len(x) for x in ids], []
+        for ps in pieces:
+            out.append(lengths[: len(ps)])
+            lengths = lengths[len(ps) :]
+        return out
+
+    def apply(self, records: list[Record]) -> list[Result]:
+        p = self.params
+        need_tokens = p.min_tokens or p.max_tokens or p.max_total_tokens
+        counts = self._token_counts(records) if need_tokens else [None] * len(records)
+        return [self._check(rec, n) for rec, n in zip(records, counts, strict=True)]
+
+    def _check(self, rec: Record, tokens: list[int] | None) -> Result:
+        removed = self._lengths(rec, tokens) or self._content(rec)
+        if removed is not None:
+            return removed
+        if self.languages is None and not self.params.annotate_language:
+            return None
+        lang = detect_language("\n".join(texts(rec)))
+        allowed = lang == "und" and self.params.keep_undetermined
+        if self.languages is not None and lang not in self.languages and not allowed:
+            return Removed("language", f"detected {lang}")
+        if self.params.annotate_language:
+            return Changed(replace(rec, meta={**rec.meta, "language": lang}), {f"lang:{lang}": 1})
+        return Noted({f"lang:{lang}": 1})
+
+    def _lengths(self, rec: Record, tokens: list[int] | None) -> Removed | None:
+        p = self.params
+        turns = texts(rec, self.roles)
+        if p.empty and any(not t.strip() for t in turns):
+            return Removed("empty", "a turn is empty or whitespace-only")
+        for t in turns:
+            if p.min_chars is not None and len(t) < p.min_chars:
+                return Removed("min_chars", f"a turn has {len(t)} characters")
+            if p.max_chars is not None and len(t) > p.max_chars:
+                return Removed("max_chars", f"a turn has {len(t)} characters")
+        if tokens is not None:
+            for n in tokens:
+                if p.min_tokens is not None and n < p.min_tokens:
+                    return Removed("min_tokens", f"a turn has {n} tokens")
+                if p.max_tokens is not None and n > p.max_tokens:
+                    return Removed("max_tokens", f"a turn has {n} tokens")
+            if p.max_total_tokens is not None and sum(tokens) > p.max_total_tokens:
+                return Removed("max_total_tokens", f"{sum(tokens)} tokens in all")
+        return None
+
+    def _content(self, rec: Record) -> Removed | None:
+        p = self.params
+        responses = response_texts(rec)
+        for t in responses:
+            if p.max_ngram_repeat is not None:
+                r = ngram_repeat(t, p.ngram_n)
+                if r is not None and r > p.max_ngram_repeat:
+                    return Removed("ngram_repeat", f"{r:.2f} of {p.ngram_n}-grams repeat")
+            if p.max_line_repeat is not None:
+                r = line_repeat(t)
+                if r is not None and r > p.max_line_repeat:
+                    return Removed("line_repeat", f"{r:.2f} of lines repeat")
+            if p.max_symbol_ratio is not None or p.max_digit_ratio is not None:
+                ratios = char_ratios(t)
+                if ratios is not None:
+                    sym, dig = ratios
+                    if p.max_symbol_ratio is not None and sym > p.max_symbol_ratio:
+                        return Removed("symbol_ratio", f"{sym:.2f} symbols")
+                    if p.max_digit_ratio is not None and dig > p.max_digit_ratio:
+                        return Removed("digit_ratio", f"{dig:.2f} digits")
+        if self.banned_phrase is not None or self.banned_regexes:
+            everything = "\n".join(texts(rec))
+            if self.banned_phrase is not None and (m := self.banned_phrase.search(everything)):
+                return Removed("banned_phrase", repr(m.group(0)))
+            for rx in self.banned_regexes:
+                if m := rx.search(everything):
+                    return Removed("banned_regex", f"{rx.pattern!r} matched {m.group(0)!r}")
+        if self.refusal is not None:
+            for t in responses:
+                if m := self.refusal.search(t):
+                    return Removed("refusal", repr(m.group(0)))
+        return None

@@ -1,0 +1,221 @@
+"""`run_prepare`: files in, cleaned dataset + quarantine + report out (the Python API the CLI
+calls). See strop.data.prepare.pipeline for how the work is split and ordered."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import yaml
+
+from strop.config.schema import Section
+from strop.data.prepare.config import PrepareConfig
+from strop.data.prepare.convert import FILE_FORMATS
+from strop.data.prepare.io import iter_chunks, jsonl_to_parquet, raw_text
+from strop.data.prepare.minhash import splitmix64
+from strop.data.prepare.pipeline import ChunkRunner, Node, Walker, build_steps, run_chunks
+from strop.data.prepare.report import (
+    LENGTH_EDGES,
+    Histogram,
+    plot_lengths,
+    step_entry,
+    write_json,
+    write_markdown,
+)
+from strop.errors import StropError
+
+
+@dataclass
+class PrepareResult:
+    output_dir: Path
+    files: dict[str, Path]  # "data" or "train"/"eval", "quarantine", "report", ...
+    report: dict[str, Any]
+
+
+def _out_format(specs: list[tuple[str, Section]]) -> str:
+    fmt = "canonical"
+    for name, params in specs:
+        if name == "convert":
+            fmt = params.to if params.to in FILE_FORMATS else "canonical"
+    return fmt
+
+
+def _resolved(cfg: PrepareConfig, specs: list[tuple[str, Section]]) -> str:
+    tree = cfg.model_dump(mode="json")
+    tree["steps"] = [{"name": n, **p.model_dump(mode="json")} for n, p in specs]
+    return yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
+
+
+def _peak_rss_mib() -> dict[str, float]:
+    # ru_maxrss is KiB on Linux
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"main": round(me, 1), "largest_worker": round(kids, 1)}
+
+
+class _Writer:
+    """Survivors to the output (or to a temporary file when a split follows)."""
+
+    def __init__(self, path: Path, stratify: bool) -> None:
+        self.path = path
+        # closed by run_prepare's finally
+        self.fh = open(path, "w", encoding="utf-8", errors="surrogatepass")  # noqa: SIM115
+        self.count = 0
+        self.after = Histogram()
+        self.strata: dict[str, int] = {}
+        self.codes = array("i") if stratify else None
+
+    def __call__(self, node: Node) -> None:
+        self.fh.write(node.out)
+        self.fh.write("\n")
+        self.count += 1
+        self.after.add(node.length)
+        if self.codes is not None:
+            self.codes.append(self.strata.setdefault(node.stratum or "(missing)", len(self.strata)))
+
+
+def _split(src: Path, out_dir: Path, name: str, cfg: PrepareConfig, w: _Writer) -> dict[str, Any]:
+    """Exactly round(eval * n) records of every stratum to eval, chosen by a seeded hash of the
+    record's position: deterministic, and independent of the number of workers."""
+    split = cfg.split
+    n = w.count
+    rank = splitmix64(
+        np.arange(n, dtype=np.uint64) ^ np.uint64(split.seed * 0x9E3779B97F4A7C15 % 2**64)
+    )
+    codes = np.frombuffer(w.codes, dtype=np.int32) if w.codes is not None else np.zeros(n, np.int32)
+    is_eval = np.zeros(n, dtype=bool)
+    per: dict[str, dict[str, int]] = {}
+    names = {v: k for k, v in w.strata.items()} or {0: "(all)"}
+    for code, label in names.items():
+        idx = np.flatnonzero(codes == code)
+        k = int(round(split.eval * len(idx)))
+        is_eval[idx[np.argsort(rank[idx], kind="stable")[:k]]] = True
+        per[label] = {"train": len(idx) - k, "eval": k}
+    paths = {"train": out_dir / f"{name}.train.jsonl", "eval": out_dir / f"{name}.eval.jsonl"}
+    with (
+        open(src, encoding="utf-8") as fh,
+        open(paths["train"], "w", encoding="utf-8") as tr,
+        open(paths["eval"], "w", encoding="utf-8") as ev,
+    ):
+        for i, line in enumerate(fh):
+            (ev if is_eval[i] else tr).write(line)
+    src.unlink()
+    return {"paths": paths, "stratify": split.stratify, "strata": per}
+
+
+def run_prepare(
+    cfg: PrepareConfig,
+    specs: list[tuple[str, Section]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """Run the configured steps over the inputs and write every output; see docs/prepare.md."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    specs = specs if specs is not None else cfg.step_params()
+    out_dir = Path(cfg.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(_resolved(cfg, specs), encoding="utf-8")
+    name = cfg.output.name
+    steps = build_steps(specs)
+    stratify = cfg.split.stratify if cfg.split else None
+    runner = ChunkRunner(steps, _out_format(specs), stratify)
+    data_path = out_dir / (f".{name}.all.jsonl" if cfg.split else f"{name}.jsonl")
+    writer = _Writer(data_path, stratify is not None)
+    q_path = out_dir / "quarantine.jsonl"
+    qfh = open(q_path, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    quarantined = [0]
+
+    def quarantine(entry: dict) -> None:
+        qfh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        quarantined[0] += 1
+
+    walker = Walker(steps, writer, quarantine, out_dir)
+    before, rows, bad, t0 = Histogram(), 0, 0, perf_counter()
+    next_log = 100_000
+    try:
+        chunks = iter_chunks(cfg.inputs, cfg.chunk_size)
+        for chunk, (results, times) in run_chunks(chunks, runner, specs, cfg.num_workers):
+            for si, t in enumerate(times):
+                walker.stats[si].seconds += t
+            for (origin, payload), (length, node) in zip(chunk.rows, results, strict=True):
+                rows += 1
+                if length is None:
+                    bad += 1
+                    quarantine(
+                        {
+                            "origin": origin,
+                            "step": "read",
+                            "rule": "bad_row",
+                            "reason": node,
+                            "raw": raw_text(payload),
+                        }
+                    )
+                    continue
+                before.add(length)
+                walker.walk(node, payload)
+            if rows >= next_log:
+                log(f"prepare: {rows} rows, {rows / (perf_counter() - t0):.0f} rows/s")
+                next_log += 100_000
+        walker.finish()
+    finally:
+        writer.fh.close()
+        qfh.close()
+    elapsed = perf_counter() - t0
+    files: dict[str, Path] = {}
+    split_info = None
+    if cfg.split:
+        split_info = _split(data_path, out_dir, name, cfg, writer)
+        files.update(split_info.pop("paths"))
+    else:
+        files["data"] = data_path
+    if cfg.output.parquet:
+        for key, path in list(files.items()):
+            files[f"{key}_parquet"] = path.with_suffix(".parquet")
+            jsonl_to_parquet(path, files[f"{key}_parquet"])
+    files["quarantine"] = q_path
+    report = {
+        "input": {
+            "files": [s.path for s in cfg.inputs],
+            "rows": rows,
+            "records": rows - bad,
+            "bad_rows": bad,
+        },
+        "steps": [step_entry(st, s.report()) for st, s in zip(walker.stats, steps, strict=True)],
+        "output": {
+            "records": writer.count,
+            "format": runner.out_fmt,
+            "files": {k: str(p) for k, p in files.items() if k != "quarantine"},
+            "split": split_info,
+        },
+        "quarantined": quarantined[0],
+        "quarantine_file": str(q_path),
+        "lengths": {"edges": LENGTH_EDGES, "before": before.counts, "after": writer.after.counts},
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(rows / elapsed) if elapsed > 0 else None,
+        "num_workers": cfg.num_workers,
+        "peak_rss_mib": _peak_rss_mib(),
+        "_before": before,
+        "_after": writer.after,
+    }
+    files["report_json"], files["report_md"], files["plot"] = (
+        out_dir / "report.json",
+        out_dir / "report.md",
+        out_dir / "lengths.png",
+    )
+    write_json(report, files["report_json"])
+    write_markdown(report, files["report_md"])
+    plot_lengths(before, writer.after, files["plot"])
+    if rows and bad / rows > cfg.max_bad_fraction:
+        raise StropError(
+            f"{bad} of {rows} rows are malformed ({bad / rows:.1%}), more than max_bad_fraction="
+            f"{cfg.max_bad_fraction}; they are listed with file:line in {q_path} (outputs were "
+            "written; fix the rows or raise max_bad_fraction)."
+        )
+    return PrepareResult(out_dir, files, report)
