@@ -41,6 +41,20 @@ REFUSALS = [
     r"(?:抱歉|对不起)[，,]?\s*我(?:无法|不能)",
     r"我无法(?:提供|回答|协助|帮助|满足)",
 ]
+# Every built-in refusal pattern contains one of these; a plain substring test skips the regex
+# for the vast majority of answers.
+REFUSAL_WORDS = (
+    "sorry",
+    "afraid",
+    "cannot",
+    "can't",
+    "unable",
+    "not able",
+    "as an ai",
+    "无法",
+    "不能",
+    "作为",
+)
 MIN_RATIO_CHARS = 20  # ratios of shorter turns say little ("42!" is 33% symbols)
 MIN_NGRAMS = 10  # repetition ratios need some n-grams to be meaningful
 
@@ -116,7 +130,7 @@ def repeat_ratio(items: list) -> float:
 
 def ngram_repeat(text: str, n: int) -> float | None:
     toks = ngram_tokens(text)
-    grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+    grams = list(zip(*(toks[i:] for i in range(n)), strict=False))  # n-grams at C speed
     return repeat_ratio(grams) if len(grams) >= MIN_NGRAMS else None
 
 
@@ -149,8 +163,9 @@ class Filter(Step):
         phrases = "|".join(re.escape(x) for x in p.banned_phrases)
         self.banned_phrase = re.compile(phrases, re.IGNORECASE) if phrases else None
         self.banned_regexes = [re.compile(r) for r in p.banned_regexes]
-        refusals = [*REFUSALS, *p.refusal_patterns] if p.refusals else []
-        self.refusal = re.compile("|".join(refusals), re.IGNORECASE) if refusals else None
+        self.refusal = re.compile("|".join(REFUSALS), re.IGNORECASE) if p.refusals else None
+        extra = "|".join(p.refusal_patterns)
+        self.refusal_extra = re.compile(extra, re.IGNORECASE) if p.refusals and extra else None
         self.languages = set(p.languages) if p.languages is not None else None
 
     def _token_counts(self, records: list[Record]) -> list[list[int]]:
@@ -180,7 +195,7 @@ class Filter(Step):
         lang = detect_language("\n".join(texts(rec)))
         allowed = lang == "und" and self.params.keep_undetermined
         if self.languages is not None and lang not in self.languages and not allowed:
-            return Removed("language", f"detected {lang}")
+            return Removed("language", f"detected {lang}", {f"lang:{lang}": 1})
         if self.params.annotate_language:
             return Changed(replace(rec, meta={**rec.meta, "language": lang}), {f"lang:{lang}": 1})
         return Noted({f"lang:{lang}": 1})
@@ -234,6 +249,10 @@ class Filter(Step):
                     return Removed("banned_regex", f"{rx.pattern!r} matched {m.group(0)!r}")
         if self.refusal is not None:
             for t in responses:
-                if m := self.refusal.search(t):
+                low = t.lower()
+                gate = any(w in low for w in REFUSAL_WORDS)
+                if (gate and (m := self.refusal.search(t))) or (
+                    self.refusal_extra is not None and (m := self.refusal_extra.search(t))
+                ):
                     return Removed("refusal", repr(m.group(0)))
         return None

@@ -50,7 +50,10 @@ STOPWORDS = {
     "it": "il la le e di che è un una per non con del della sono lo gli ma si come anche",
     "nl": "de het een en van is dat niet op te zijn met voor ik je er maar ook als wat",
 }
-STOPWORD_SETS = {lang: set(words.split()) for lang, words in STOPWORDS.items()}
+WORD_LANGS: dict[str, list[str]] = {}  # word -> languages it is a function word of
+for _lang, _words in STOPWORDS.items():
+    for _w in _words.split():
+        WORD_LANGS.setdefault(_w, []).append(_lang)
 WORD_RE = re.compile(r"[^\W\d_]+")
 
 
@@ -68,16 +71,19 @@ def script_counts(text: str) -> Counter[str]:
 
 
 def _latin_language(text: str) -> str:
+    scores = dict.fromkeys(STOPWORDS, 0)
     words = WORD_RE.findall(text[:SAMPLE_CHARS].lower())
-    if not words:
-        return "und"
-    scores = {lang: sum(w in s for w in words) for lang, s in STOPWORD_SETS.items()}
-    best = max(scores, key=lambda k: scores[k])
-    # Short English answers ("Yes, 42.") have few stopwords: Latin script defaults to English
-    # unless another language's function words clearly win.
-    if scores[best] == 0 or best == "en" or scores[best] <= scores["en"]:
-        return "en"
-    return best
+    for w in words:
+        for lang in WORD_LANGS.get(w, ()):
+            scores[lang] += 1
+    best = max((k for k in scores if k != "en"), key=lambda k: scores[k])
+    # Latin script is English unless another language's function words clearly win: at least
+    # 3 of them, twice the English count and a tenth of all words (real French or German text
+    # is ~30% function words; a few shared short words like "no" or "a" decide nothing).
+    n = scores[best]
+    if n >= 3 and n >= 2 * scores["en"] and n >= 0.1 * len(words):
+        return best
+    return "en"
 
 
 def detect_language(text: str) -> str:

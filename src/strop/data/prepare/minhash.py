@@ -18,6 +18,8 @@ every process and on every run (Python's ``hash`` is salted per process).
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 from strop.data.prepare.base import ngram_tokens
@@ -70,20 +72,47 @@ def char_tokens(text: str) -> list[str]:
     return list("".join(text.lower().split()))
 
 
-def shingle_hashes(text: str, size: int, mode: str = "words") -> np.ndarray:
-    """The record's shingle set as 64-bit values (a text shorter than ``size`` tokens is one
-    shingle; an empty one has none)."""
-    tokens = ngram_tokens(text) if mode == "words" else char_tokens(text)
-    th = token_hashes(tokens)
+def batch_shingles(
+    texts: list[str], size: int, mode: str = "words"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shingle values of all ``texts`` back to back, and how many each text has.
+
+    A text of m >= size tokens has m - size + 1 shingles, a shorter non-empty one a single
+    shingle of all its tokens, an empty one none. All texts are hashed in one array pass."""
+    tokenize = ngram_tokens if mode == "words" else char_tokens
+    token_lists = [tokenize(t) for t in texts]
+    counts = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
+    th = token_hashes(list(chain.from_iterable(token_lists)))
+    starts = np.zeros(len(texts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    nsh = np.where(counts >= size, counts - size + 1, (counts > 0).astype(np.int64))
+    total = int(nsh.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.uint64), nsh
     n = len(th)
-    if n == 0:
-        return th
-    k = min(size, n)
     with np.errstate(over="ignore"):
-        acc = th[: n - k + 1].copy()
-        for j in range(1, k):
-            acc = acc * P_SHINGLE + th[j : n - k + 1 + j]
-    return np.unique(splitmix64(acc))
+        if n >= size:  # Horner over every window of ``size`` consecutive tokens
+            acc = th[: n - size + 1].copy()
+            for j in range(1, size):
+                acc *= P_SHINGLE
+                acc += th[j : n - size + 1 + j]
+        else:
+            acc = np.zeros(1, dtype=np.uint64)
+        first = np.zeros(len(texts), dtype=np.int64)  # where each text's shingles start in out
+        np.cumsum(nsh[:-1], out=first[1:])
+        src = np.repeat(starts, nsh) + (np.arange(total) - np.repeat(first, nsh))
+        out = acc[np.minimum(src, len(acc) - 1)]
+        for r in np.flatnonzero((counts > 0) & (counts < size)).tolist():  # short texts
+            v = np.uint64(0)
+            for t in th[starts[r] : starts[r] + counts[r]]:
+                v = v * P_SHINGLE + t
+            out[first[r]] = v
+    return splitmix64(out), nsh
+
+
+def shingle_hashes(text: str, size: int, mode: str = "words") -> np.ndarray:
+    """The shingle set of one text (see batch_shingles)."""
+    return np.unique(batch_shingles([text], size, mode)[0])
 
 
 class MinHasher:
@@ -91,38 +120,43 @@ class MinHasher:
 
     def __init__(self, num_perm: int, seed: int = 1) -> None:
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(
-            1
-        )
+        a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+        self.a = a * np.uint64(2) + np.uint64(1)  # odd multipliers
         self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
         self.num_perm = num_perm
 
     def signatures(self, shingle_sets: list[np.ndarray]) -> np.ndarray:
         """(len(shingle_sets), num_perm) uint32; an empty set gives all 0xFFFFFFFF."""
-        out = np.full((len(shingle_sets), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        counts = np.fromiter(map(len, shingle_sets), dtype=np.int64, count=len(shingle_sets))
+        flat = np.concatenate(shingle_sets) if shingle_sets else np.zeros(0, np.uint64)
+        return self.signatures_flat(flat, counts)
+
+    def signatures_flat(self, flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Signatures of sets given back to back (``flat``) with their sizes (``counts``)."""
+        out = np.full((len(counts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        ends = np.cumsum(counts)
         i = 0
-        while i < len(shingle_sets):
-            j, total = i, 0  # grow the batch until it holds SHINGLES_PER_BATCH shingles
-            while j < len(shingle_sets) and (
-                total == 0 or total + len(shingle_sets[j]) <= SHINGLES_PER_BATCH
-            ):
-                total += len(shingle_sets[j])
-                j += 1
-            self._batch(shingle_sets[i:j], out[i:j])
+        while i < len(counts):
+            # grow the batch of sets until it holds SHINGLES_PER_BATCH shingles (at least one set)
+            base = ends[i] - counts[i]
+            j = max(i + 1, int(np.searchsorted(ends, base + SHINGLES_PER_BATCH, side="right")))
+            self._batch(flat[base : ends[j - 1]], counts[i:j], out[i:j])
             i = j
         return out
 
-    def _batch(self, sets: list[np.ndarray], out: np.ndarray) -> None:
-        sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+    def _batch(self, flat: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None:
         nonempty = np.flatnonzero(sizes)
         if len(nonempty) == 0:
             return
-        flat = np.concatenate([sets[k] for k in nonempty])
         with np.errstate(over="ignore"):
-            hashed = (flat[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
+            # (num_perm, shingles): reducing along the contiguous axis is ~3x faster
+            hashed = self.a[:, None] * flat[None, :]
+            hashed += self.b[:, None]
         starts = np.zeros(len(nonempty), dtype=np.int64)
         np.cumsum(sizes[nonempty][:-1], out=starts[1:])
-        out[nonempty] = np.minimum.reduceat(hashed, starts, axis=0).astype(np.uint32)
+        # min of the 64-bit values, then the top 32 bits: the same as the min of the top bits
+        low = np.minimum.reduceat(hashed, starts, axis=1)
+        out[nonempty] = (low >> np.uint64(32)).astype(np.uint32).T
 
 
 def lsh_params(threshold: float, num_perm: int, miss_weight: float = 0.8) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from pydantic import Field
 from strop.config.schema import Section
 from strop.data.prepare.base import Decision, Keyed, Removed, Result, Step, char_length, texts
 from strop.data.prepare.io import raw_text
-from strop.data.prepare.minhash import MinHasher, band_keys, lsh_params, shingle_hashes
+from strop.data.prepare.minhash import MinHasher, band_keys, batch_shingles, lsh_params
 from strop.data.records import Record
 
 PREVIEW_CHARS = 160
@@ -83,13 +83,15 @@ class NearDedup(Step):
     # -- workers ----------------------------------------------------------------------------
     def apply(self, records: list[Record]) -> list[Result]:
         p = self.params
-        sets = [shingle_hashes("\n".join(texts(r)), p.shingle_size, p.shingle) for r in records]
-        sigs = self.hasher.signatures(sets)
+        flat, counts = batch_shingles(
+            ["\n".join(texts(r)) for r in records], p.shingle_size, p.shingle
+        )
+        sigs = self.hasher.signatures_flat(flat, counts)
         keys = band_keys(sigs, self.bands, self.rows)
         low = (sigs & 0xFFFF).astype(np.uint16)
         out: list[Result] = []
         for i, rec in enumerate(records):
-            if len(sets[i]) == 0:
+            if counts[i] == 0:
                 out.append(Keyed(None))  # nothing to compare (no words): never a duplicate
                 continue
             size = float(char_length(rec))

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from strop.config.schema import Section
-from strop.data.prepare.base import Changed, Result, Step, map_text
+from strop.data.prepare.base import CJK_RE, Changed, Result, Step, map_text
 from strop.data.records import Record
 
 
@@ -23,8 +23,8 @@ class NormaliseParams(Section):
     unicode: Literal["NFKC", "NFC", "none"] = "NFKC"
     """Unicode normal form. NFKC also folds full-width ASCII (Ａ１ -> A1) and ligatures."""
     keep_cjk_punctuation: bool = True
-    """Keep full-width punctuation (，。！？：；（）) and the ideographic space in CJK text, which
-    NFKC would otherwise turn into ASCII punctuation."""
+    """Keep full-width punctuation (，！？：；（）) and the ideographic space in text that has CJK
+    characters, which NFKC would otherwise turn into ASCII punctuation."""
     halfwidth_katakana: bool = True
     """Half-width katakana (ｶﾀｶﾅ) -> full-width, also when unicode is NFC/none."""
     fullwidth_ascii: bool = True
@@ -134,7 +134,8 @@ _FULLWIDTH_ALNUM = {
     if chr(c - 0xFEE0).isalnum()  # letters and digits only; punctuation stays (see above)
 }
 HALFWIDTH_KATAKANA_RE = re.compile("[\uff65-\uff9f]+")
-SPACE_RUN_RE = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f]+")
+# Runs of spaces after a non-space character: indentation at the start of a line is kept.
+SPACE_RUN_RE = re.compile(r"(?<=\S)[ \t\u00a0\u2000-\u200a\u202f\u205f]+")
 TRAILING_RE = re.compile(r" +\n")
 
 
@@ -147,13 +148,14 @@ def unicode_form(text: str, p: NormaliseParams) -> str:
         text = HALFWIDTH_KATAKANA_RE.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     if p.unicode == "none":
         return text
-    if p.unicode == "NFKC" and p.keep_cjk_punctuation:
+    if p.unicode == "NFKC" and p.keep_cjk_punctuation and CJK_RE.search(text):
         return unicodedata.normalize("NFKC", text.translate(_PARK)).translate(_UNPARK)
     return unicodedata.normalize(p.unicode, text)
 
 
 def whitespace(text: str, max_blank_lines: int) -> str:
-    text = SPACE_RUN_RE.sub(" ", text)
+    """Collapse inner runs of spaces (not inside code), trailing spaces and blank lines."""
+    text = _outside_code(text, lambda part: SPACE_RUN_RE.sub(" ", part))
     text = TRAILING_RE.sub("\n", text)
     limit = "\n" * (max_blank_lines + 1)
     while limit + "\n" in text:

@@ -248,12 +248,13 @@ class Pii(Step):
         meta = rec.meta
         if self.params.include_meta and rec.meta:
             meta = {k: scrub(v) if isinstance(v, str) else v for k, v in rec.meta.items()}
+        notes = {f"pii:{k}": n for k, n in found.items()}
         dropped = sorted(k for k in found if self.actions[k] == "drop")
         if dropped:
-            return Removed(f"pii:{dropped[0]}", f"contains {', '.join(dropped)}")
+            return Removed(f"pii:{dropped[0]}", f"contains {', '.join(dropped)}", notes)
         if not found:
             return None
         new = new or rec
         if meta != rec.meta:
             new = replace(new, meta=meta)
-        return Changed(new, {f"pii:{k}": n for k, n in found.items()})
+        return Changed(new, notes)
