@@ -37,6 +37,19 @@ def train(
     train_command(config, overrides or [])
 
 
+@app.command()
+def prepare(
+    config: str = typer.Argument(..., help="YAML prepare config (inputs, steps, output)"),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides, e.g. num_workers=2 steps.filter.min_chars=5"
+    ),
+) -> None:
+    """Clean data: normalise, filter, dedup (exact/near), PII, decontaminate, convert, split."""
+    from strop.commands.prepare import prepare_command
+
+    prepare_command(config, overrides or [])
+
+
 @app.command("eval")
 def eval_(
     config: str = typer.Argument(..., help="YAML eval config (models, baseline, tasks)"),
