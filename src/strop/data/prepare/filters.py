@@ -14,6 +14,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from strop.config.schema import Section
@@ -139,17 +140,32 @@ def line_repeat(text: str) -> float | None:
     return repeat_ratio(lines) if len(lines) >= 3 else None
 
 
-SPACE_RE = re.compile(r"\s+")
-DIGIT_RE = re.compile(r"\d")
-SYMBOL_RE = re.compile(r"[^\w\s]|_")
-
-
 def char_ratios(text: str) -> tuple[float, float] | None:
-    """(symbol share, digit share) of the non-space characters."""
-    dense = SPACE_RE.sub("", text)
-    if len(dense) < MIN_RATIO_CHARS:
+    """(symbol share, digit share) of the non-space characters, one pass over code points.
+    Symbols: anything that is not a letter, digit or space in the ASCII, Latin-1 and CJK
+    punctuation blocks (letters of other scripts are never symbols)."""
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    space = (cps <= 32) | (cps == 0x3000) | (cps == 0xA0)
+    dense = len(cps) - int(np.count_nonzero(space))
+    if dense < MIN_RATIO_CHARS:
         return None
-    return SYMBOL_RE.subn("", dense)[1] / len(dense), DIGIT_RE.subn("", dense)[1] / len(dense)
+    digits = int(np.count_nonzero((cps >= 48) & (cps <= 57)))
+    symbol = SYMBOL_TABLE[np.minimum(cps, len(SYMBOL_TABLE) - 1)]
+    symbol &= ~space
+    return int(np.count_nonzero(symbol)) / dense, digits / dense
+
+
+def _symbol_table() -> np.ndarray:
+    table = np.zeros(0x10000, dtype=bool)
+    for lo, hi in ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E), (0xA1, 0xBF),
+                   (0x2000, 0x2BFF), (0x3001, 0x303F), (0xFE30, 0xFE4F), (0xFF01, 0xFF0F),
+                   (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF65)):  # fmt: skip
+        table[lo : hi + 1] = True
+    table[0xFFFF] = False  # code points above the table are clipped to this entry: not symbols
+    return table
+
+
+SYMBOL_TABLE = _symbol_table()
 
 
 class Filter(Step):

@@ -115,6 +115,7 @@ def run_prepare(
     cfg: PrepareConfig,
     specs: list[tuple[str, Section]] | None = None,
     log: Callable[[str], None] | None = None,
+    log_every: int = 100_000,
 ) -> PrepareResult:
     """Run the configured steps over the inputs and write every output; see docs/prepare.md."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -138,7 +139,7 @@ def run_prepare(
 
     walker = Walker(steps, writer, quarantine, out_dir)
     before, rows, bad, t0 = Histogram(), 0, 0, perf_counter()
-    next_log = 100_000
+    next_log = log_every
     try:
         chunks = iter_chunks(cfg.inputs, cfg.chunk_size)
         for chunk, (results, times) in run_chunks(chunks, runner, specs, cfg.num_workers):
@@ -162,7 +163,7 @@ def run_prepare(
                 walker.walk(node, payload)
             if rows >= next_log:
                 log(f"prepare: {rows} rows, {rows / (perf_counter() - t0):.0f} rows/s")
-                next_log += 100_000
+                next_log += log_every
         walker.finish()
     finally:
         writer.fh.close()
