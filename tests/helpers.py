@@ -53,6 +53,41 @@ def write_text_jsonl(path: Path, n: int = 24, seed: int = 0) -> Path:
     return path
 
 
+def write_preference_jsonl(path: Path, n: int = 24, seed: int = 0) -> Path:
+    """Pairs with an explicit prompt; chosen answers repeat 'alpha', rejected ones 'zulu', so a
+    preference is learnable. Some prompts are multi-turn, some carry a margin."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            prompt = [{"role": "user", "content": _sentence(rng, 2, 10)}]
+            if rng.random() < 0.3:
+                prompt += [
+                    {"role": "assistant", "content": _sentence(rng, 1, 6)},
+                    {"role": "user", "content": _sentence(rng, 2, 8)},
+                ]
+            row = {
+                "prompt": prompt,
+                "chosen": "alpha " + _sentence(rng, 1, 6 + i % 5),
+                "rejected": "zulu " + _sentence(rng, 1, 4),
+            }
+            if rng.random() < 0.5:
+                row["margin"] = round(rng.random(), 3)
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_kto_jsonl(path: Path, n: int = 24, seed: int = 0) -> Path:
+    """Unpaired completions labelled desirable ('alpha ...') or not ('zulu ...')."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            good = i % 3 != 0
+            completion = ("alpha " if good else "zulu ") + _sentence(rng, 1, 6)
+            row = {"prompt": _sentence(rng, 2, 10), "completion": completion, "label": good}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 def tiny_config(out: Path, data_path: Path, **sections) -> dict:
     """A raw config dict for a fast fp32 run on tiny-llama; ``sections`` update each section."""
     cfg = {

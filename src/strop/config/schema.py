@@ -26,7 +26,7 @@ class DataSection(Section):
     """Training file(s): .jsonl .json .csv .parquet."""
     eval: float | str | None = 0.1
     """A fraction of train held out (deterministic by seed), a path, or null."""
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference", "kto"] = "auto"
     text_field: str = "text"
     max_length: int = Field(1024, ge=8)
     packing: bool = True
@@ -77,6 +77,42 @@ class TrainSection(Section):
     """Adapter methods: also write final-merged/ (adapter folded into the base)."""
 
 
+class ReferenceOptions(Section):
+    reference: Literal["precompute", "model", "adapter_off"] = "precompute"
+    """precompute: one pass before training stores reference log-probs (no reference model in
+    memory); model: a separate frozen model; adapter_off: the policy with adapters disabled."""
+    reference_model: str | None = None
+    """reference: model only; default the policy's base model (model.name)."""
+
+
+class DPOSection(ReferenceOptions):
+    beta: float = Field(0.1, gt=0)
+    loss: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Preference-label noise e: cDPO with loss sigmoid, the unbiased estimator with robust."""
+    nll_weight: float = Field(0.0, ge=0)
+    """RPO: weight of an NLL (SFT) term on the chosen response, per token."""
+
+
+class SimPOSection(Section):
+    beta: float = Field(2.0, gt=0)
+    gamma: float = Field(1.0, ge=0)
+    """Target reward margin."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+
+class ORPOSection(Section):
+    beta: float = Field(0.1, gt=0)
+    """lambda: weight of the odds-ratio term beside the NLL on chosen."""
+
+
+class KTOSection(ReferenceOptions):
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+    """Class weights; the paper keeps w_D * n_D / (w_U * n_U) in [1, 4/3]."""
+
+
 class Config(Section):
     model: ModelSection = ModelSection()
     stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "ppo", "grpo"] = "sft"
@@ -84,6 +120,10 @@ class Config(Section):
     """Validated by the chosen method's own params class (strop.models.transforms)."""
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
+    dpo: DPOSection = DPOSection()
+    simpo: SimPOSection = SimPOSection()
+    orpo: ORPOSection = ORPOSection()
+    kto: KTOSection = KTOSection()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:

@@ -7,7 +7,7 @@ alone do not isolate documents under SDPA: DESIGN.md §6).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +21,9 @@ class Row:
     input_ids: list[int]
     labels: list[int]
     doc_lens: list[int]
+    # Per-row numbers an objective needs beside the tokens (a KTO label, a reward margin,
+    # precomputed reference log-probs), collated into ``strop_values`` when asked for.
+    values: dict[str, float] = field(default_factory=dict)
 
 
 def pack(samples: list[Sample], max_length: int) -> list[Row]:
@@ -55,7 +58,11 @@ def unpacked(samples: list[Sample]) -> list[Row]:
 
 
 def collate(
-    rows: list[Row], pad_id: int, doc_attention: bool = True, dtype: torch.dtype = torch.float32
+    rows: list[Row],
+    pad_id: int,
+    doc_attention: bool = True,
+    dtype: torch.dtype = torch.float32,
+    with_docs: bool = False,
 ) -> dict:
     """Make a batch from rows.
 
@@ -65,7 +72,19 @@ def collate(
     Otherwise rows are right-padded to the longest; packed rows get a 4-D additive
     block-diagonal causal mask and rows of one document the usual 2-D padding mask (for
     attention kernels outside transformers' interface).
+
+    ``with_docs`` adds what sequence-level objectives (preference, KTO, reward) need:
+    ``strop_doc_index`` [B, T], the number of each token's document counted over the whole
+    batch in row order (-1 on padding), and ``strop_values``, each row value as a tensor [B].
     """
+    if with_docs:
+        batch = collate(rows, pad_id, doc_attention, dtype)
+        batch["strop_doc_index"] = _doc_index(rows, batch["input_ids"].shape)
+        keys = rows[0].values.keys()
+        batch["strop_values"] = {
+            k: torch.tensor([r.values[k] for r in rows], dtype=torch.float64) for k in keys
+        }
+        return batch
     if doc_attention and len(rows) > 1:
         flat = Row(
             [t for r in rows for t in r.input_ids],
@@ -113,6 +132,19 @@ def collate(
     else:
         batch["attention_mask"] = (doc_ids >= 0).long()
     return batch
+
+
+def _doc_index(rows: list[Row], shape: torch.Size) -> torch.Tensor:
+    index = torch.full(shape, -1, dtype=torch.long)
+    flat = shape[0] == 1 and len(rows) > 1  # doc attention laid every row end to end
+    doc, pos = 0, 0
+    for i, r in enumerate(rows):
+        line = 0 if flat else i
+        pos = pos if flat else 0
+        for n in r.doc_lens:
+            index[line, pos : pos + n] = doc
+            doc, pos = doc + 1, pos + n
+    return index
 
 
 class ShardedSampler:

@@ -9,19 +9,30 @@ import torch
 
 from strop.config.schema import DataSection
 from strop.data.batching import Row, pack, unpacked
+from strop.data.pairs import PairStats, kto_rows, preference_rows
 from strop.data.records import Record
 from strop.data.render import Sample, TokenizeStats, tokenize_records
 from strop.errors import StropError
 
-# Which records each stage needs: raw text for continued pre-training, chats otherwise.
-STAGE_KIND = {"pt": "text", "sft": "chat"}
+# Which records each stage needs: raw text for continued pre-training, chats for SFT,
+# preference pairs for reward models and the DPO family, labelled completions for KTO.
+STAGE_KIND = {
+    "pt": "text",
+    "sft": "chat",
+    "rm": "preference",
+    "dpo": "preference",
+    "simpo": "preference",
+    "orpo": "preference",
+    "kto": "kto",
+}
+ROW_BUILDERS = {"preference": preference_rows, "kto": kto_rows}
 
 
 @dataclass
 class Split:
-    samples: list[Sample]
+    samples: list[Sample]  # empty for preference/KTO splits, whose rows hold two documents
     rows: list[Row]
-    stats: TokenizeStats
+    stats: TokenizeStats | PairStats
     dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -58,7 +69,10 @@ def split_holdout(records: list[Record], fraction: float, seed: int) -> tuple[li
     return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 
-def _tokenize(tokenizer, records, data: DataSection, packing: bool) -> Split:
+def _tokenize(tokenizer, records, data: DataSection, packing: bool, kind: str = "chat") -> Split:
+    if kind in ROW_BUILDERS:
+        rows, stats = ROW_BUILDERS[kind](tokenizer, records, data.max_length, data.truncation)
+        return Split([], rows, stats, stats.dropped)
     samples, stats, dropped = tokenize_records(
         tokenizer, records, mask=data.mask, max_length=data.max_length, truncation=data.truncation
     )
@@ -71,7 +85,8 @@ def build_datasets(
 ) -> Datasets:
     kind = STAGE_KIND.get(stage)
     if kind is None:
-        raise StropError(f"stage: {stage!r} has no data pipeline yet (supported: pt, sft)")
+        known = ", ".join(STAGE_KIND)
+        raise StropError(f"stage: {stage!r} has no data pipeline yet (supported: {known})")
     q = (lambda name: run_dir / f"quarantine-{name}.jsonl") if run_dir else (lambda name: None)
     train_records, summary = _read(data.train, data, kind, q("train"))
     summaries = [summary]
@@ -81,8 +96,8 @@ def build_datasets(
     elif isinstance(data.eval, str) and data.eval:
         eval_records, summary = _read(data.eval, data, kind, q("eval"))
         summaries.append(summary)
-    train = _tokenize(tokenizer, train_records, data, data.packing)
+    train = _tokenize(tokenizer, train_records, data, data.packing, kind)
     if not train.rows:
         raise StropError(f"{data.train}: no trainable sample left ({train.stats.describe()})")
-    ev = _tokenize(tokenizer, eval_records, data, data.packing) if eval_records else None
+    ev = _tokenize(tokenizer, eval_records, data, data.packing, kind) if eval_records else None
     return Datasets(train, ev, summaries)

@@ -173,7 +173,7 @@ CHAT_FORMATS: dict[str, Callable[[dict[str, Any]], tuple[Turns, set[str]]]] = {
     "sharegpt": from_sharegpt,
     "alpaca": from_alpaca,
 }
-FORMATS = (*CHAT_FORMATS, "text")
+FORMATS = (*CHAT_FORMATS, "text", "preference", "kto")
 
 
 def _check_turns(turns: Turns, kind: str) -> None:
@@ -201,6 +201,12 @@ def to_record(
     joining their message contents with "\\n\\n" (roles are not rendered: pre-training sees only
     the words). All chat checks except "has an assistant turn" still apply.
     """
+    if kind in ("preference", "kto"):
+        from strop.data.preference_formats import PAIR_FORMATS
+
+        if fmt != kind:
+            raise RowProblem(f"format {fmt} has no {kind} layout")
+        return PAIR_FORMATS[kind](row, origin)
     if fmt == "text":
         if kind == "chat":
             raise RowProblem("format text has no conversation; use stage pt")
@@ -236,6 +242,18 @@ def classify(row: dict[str, Any], text_field: str = "text") -> str | None:
     return None
 
 
+# What each kind of stage reads; the formats' own words for the other layouts.
+KIND_FORMATS = {
+    "chat": ("messages", "sharegpt", "alpaca"),
+    "text": ("messages", "sharegpt", "alpaca", "text"),
+    "preference": ("preference",),
+    "kto": ("kto",),
+}
+LAYOUT_NAMES = {
+    "preference": "preference pairs (prompt/chosen/rejected)",
+    "kto": "KTO rows (prompt/completion/label)",
+}
+
 REFUSED = {
     "preference": "looks like preference data (chosen/rejected), which stage sft does not train "
     "on; use a preference stage (rm, dpo, orpo, simpo)",
@@ -244,7 +262,9 @@ REFUSED = {
 }
 
 
-def detect_format(rows: Iterable[dict[str, Any]], source: str, text_field: str = "text") -> str:
+def detect_format(
+    rows: Iterable[dict[str, Any]], source: str, text_field: str = "text", kind: str = "chat"
+) -> str:
     """The format most of the given (first, parsed) rows look like.
 
     A vote rather than the first row alone, so one malformed leading row does not decide the
@@ -266,6 +286,15 @@ def detect_format(rows: Iterable[dict[str, Any]], source: str, text_field: str =
         )
     # most_common keeps first-seen order among ties, so the earliest format wins a tie
     fmt = votes.most_common(1)[0][0]
+    if kind == "kto" and fmt == "messages" and "label" in keys:
+        fmt = "kto"  # messages + label: the last assistant turn is the completion
+    if kind in LAYOUT_NAMES:
+        if fmt != kind:
+            raise StropError(
+                f"{source}: looks like {fmt} data, but this stage trains on "
+                f"{LAYOUT_NAMES[kind]}; see docs/alignment.md for the accepted layouts."
+            )
+        return fmt
     if fmt in REFUSED:
         raise StropError(f"{source}: {REFUSED[fmt]}.")
     return fmt

@@ -44,15 +44,20 @@ def _render(tokenizer, messages: list[dict], gen_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen_prompt)
 
 
-def target_spans(tokenizer, record: Record, mask: str) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``record`` and return (text, [(start, end) char spans that carry loss])."""
+def target_spans(
+    tokenizer, record: Record, mask: str, first_turn: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render ``record`` and return (text, [(start, end) char spans that carry loss]).
+
+    Only assistant turns from message index ``first_turn`` on can carry loss (a preference
+    pair's responses follow a prompt that may itself hold earlier assistant turns)."""
     messages = [{"role": m.role, "content": m.content} for m in record.messages]
     full = _render(tokenizer, messages, gen_prompt=False)
     if mask == "all":
         return full, [(0, len(full))]
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < first_turn:
             continue
         before = _render(tokenizer, messages[:i], gen_prompt=True)
         through = _render(tokenizer, messages[: i + 1], gen_prompt=False)
@@ -68,8 +73,8 @@ def target_spans(tokenizer, record: Record, mask: str) -> tuple[str, list[tuple[
     return full, spans
 
 
-def tokenize_chat(tokenizer, record: Record, mask: str) -> Sample:
-    text, spans = target_spans(tokenizer, record, mask)
+def tokenize_chat(tokenizer, record: Record, mask: str, first_turn: int = 0) -> Sample:
+    text, spans = target_spans(tokenizer, record, mask, first_turn)
     # Prompt and target pieces are tokenised separately, as at inference (the prompt is encoded
     # alone, then the model generates): no token straddles a boundary. Tokenising the whole text
     # lets BPE merge the header's "\n" with an answer's leading whitespace (SmolLM2), so that

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from strop.data.formats import FORMATS, RowProblem, detect_format, to_record
+from strop.data.formats import KIND_FORMATS, RowProblem, detect_format, to_record
 from strop.data.readers import RawRow, read_rows
 from strop.data.records import BadRecord, Record
 from strop.errors import StropError
@@ -80,7 +80,7 @@ def _convert_file(path: Path, fmt: str, kind: str, text_field: str, out: LoadRes
         head = list(itertools.islice(rows, DETECT_ROWS * 4))
         parsed = [r.row for r in head if r.row is not None][:DETECT_ROWS]
         # A file whose rows are all unparseable has no format; every row is reported bad below.
-        fmt = detect_format(parsed, str(path), text_field) if parsed else "unknown"
+        fmt = detect_format(parsed, str(path), text_field, kind) if parsed else "unknown"
         rows = itertools.chain(head, rows)
     for raw in rows:
         out.total_rows += 1
@@ -124,22 +124,23 @@ def load_records(
     """Read, convert and validate every row of ``paths`` (.jsonl .json .csv .parquet).
 
     ``fmt``: "auto" (detected per file from its first parsed rows) or one of alpaca, sharegpt,
-    messages, text. ``kind="chat"`` (sft) needs conversations: text rows are bad records.
-    ``kind="text"`` (pt) gives ``Record(text=...)``; chat rows are accepted and converted by
-    joining their message contents with "\\n\\n".
+    messages, text, preference, kto. ``kind="chat"`` (sft) needs conversations: text rows are
+    bad records. ``kind="text"`` (pt) gives ``Record(text=...)``; chat rows are accepted and
+    converted by joining their message contents with "\\n\\n". ``kind="preference"`` (rm,
+    dpo, simpo, orpo) and ``kind="kto"`` read the layouts of strop.data.preference_formats.
 
     Bad rows are collected as BadRecords ("path:line"), written to ``quarantine_path`` if given,
     and counted. Raises StropError for a missing or unsupported file, undetectable or preference
     data, an empty dataset, or when the bad share exceeds ``max_bad_fraction``; otherwise returns
     the result, whose ``summary()`` the caller prints.
     """
-    if fmt != "auto" and fmt not in FORMATS:
+    if kind not in KIND_FORMATS:
+        raise ValueError(f"unknown kind {kind!r}")  # a programming error
+    if fmt != "auto" and fmt not in KIND_FORMATS[kind]:
         raise StropError(
             f"data.format '{fmt}' is not a format this stage reads "
-            f"(supported: auto, {', '.join(FORMATS)})."
+            f"(supported: auto, {', '.join(KIND_FORMATS[kind])})."
         )
-    if kind not in ("chat", "text"):
-        raise ValueError(f"kind must be 'chat' or 'text', got {kind!r}")  # a programming error
     files = _as_paths(paths)
     result = LoadResult(records=[], bad=[], format=fmt, total_rows=0)
     result.sources = [str(p) for p in files]

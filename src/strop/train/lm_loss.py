@@ -66,3 +66,61 @@ def linear_cross_entropy_sum(
 def reference_cross_entropy_sum(hidden, weight, targets) -> torch.Tensor:
     """The plain definition (full logits, F.cross_entropy): the parity reference in tests."""
     return F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+
+
+def _chunk_logits(h, w, acc):
+    return (h @ w.T).to(acc)
+
+
+class _LinearTokenLogps(torch.autograd.Function):
+    """Per-position log p(target), chunked. Unlike the summed CE above, the gradient per
+    position (from a sequence-level loss such as DPO's) is known only in backward, so the
+    backward recomputes each chunk's logits: one extra head matmul, no logits kept."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        w = weight.to(hidden.dtype)
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = _chunk_logits(hidden[s : s + chunk], w, acc)
+            y = targets[s : s + chunk]
+            out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - logits.logsumexp(-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        w = weight.to(hidden.dtype)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, y = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk]
+            logits = _chunk_logits(h, w, acc)
+            # d logp_y / d logits = onehot(y) - softmax, scaled by the incoming gradient
+            grad = -torch.softmax(logits, dim=-1)
+            grad[torch.arange(len(y), device=y.device), y] += 1.0
+            grad *= grad_out[s : s + ctx.chunk, None].to(acc)
+            if need_h:
+                grad_h[s : s + ctx.chunk] = grad.to(h.dtype) @ w
+            if need_w:
+                grad_w += grad.T @ h.to(acc)
+        return grad_h, grad_w.to(weight.dtype) if need_w else None, None, None
+
+
+def linear_token_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[target] per position, [N], without ever holding more than
+    ``chunk`` rows of full-vocabulary logits (forward or backward)."""
+    return _LinearTokenLogps.apply(hidden, weight, targets, chunk)
+
+
+def reference_token_logps(hidden, weight, targets) -> torch.Tensor:
+    """The plain definition (full logits, log_softmax): the parity reference in tests."""
+    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
+    return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)

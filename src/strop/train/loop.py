@@ -18,7 +18,7 @@ import torch
 
 from strop.config.load import dump_config
 from strop.config.schema import Config
-from strop.data.batching import Row, ShardedSampler, collate
+from strop.data.batching import Row, ShardedSampler
 from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError, StropRuntimeError
@@ -85,25 +85,61 @@ class _Signals:
 
 
 @torch.no_grad()
-def evaluate(module, rows, cfg: Config, d: distributed.Dist, pad_id: int) -> dict:
-    """Mean cross-entropy per target token (and perplexity) over the eval rows, all ranks."""
+def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: int) -> dict:
+    """Mean loss per unit (target token, pair, example) and the objective's metrics over the
+    eval rows, all ranks; perplexity for token-level objectives."""
     module.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-    count = torch.zeros((), dtype=torch.float64, device=d.device)
+    sums = _Sums(d.device)
     mine, bs = rows[d.rank :: d.world], cfg.train.batch_size
     # Every rank runs the same number of forwards (FSDP2 all-gathers weights in each); a rank
     # out of rows runs one on a row without targets, which adds nothing to the sums.
-    blank = Row(rows[0].input_ids, [IGNORE] * len(rows[0].input_ids), rows[0].doc_lens)
+    r0 = rows[0]
+    blank = Row(r0.input_ids, [IGNORE] * len(r0.input_ids), r0.doc_lens, dict(r0.values))
     for i in range(math.ceil(math.ceil(len(rows) / d.world) / bs)):
         rows_i = mine[i * bs : (i + 1) * bs] or [blank]
-        batch = _to(collate(rows_i, pad_id, doc_attention=cfg.model.attn == "sdpa"), d.device)
+        batch = _to(objective.collate(rows_i, pad_id, cfg.model.attn == "sdpa"), d.device)
         with _autocast(cfg.train.precision, d.device):
             out = module(**batch)
-        loss_sum += out["loss_sum"].double()
-        count += out["n_targets"].double()
+        sums.add(out)
     module.train()
-    loss = (d.all_sum(loss_sum) / d.all_sum(count).clamp(min=1)).item()
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+    loss, metrics = sums.reduce(d)
+    result = {"eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}}
+    if getattr(objective, "perplexity", False):
+        result["eval_ppl"] = math.exp(min(loss, 50.0))
+    return result
+
+
+class _Sums:
+    """Loss, unit count and metric sums over micro-batches, reduced over ranks in one place.
+
+    A metric ``k`` is averaged per unit, unless the objective also reports ``k#n``: then it
+    is ``sum(k) / sum(k#n)`` (e.g. a reward averaged over desirable examples only)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.units = torch.zeros((), dtype=torch.float64, device=device)
+        self.metrics: dict[str, torch.Tensor] = {}
+
+    def add(self, out: dict) -> None:
+        self.loss += out["loss_sum"].detach().double()
+        self.units += out["units"].double()
+        for k, v in out.get("metrics", {}).items():
+            self.metrics[k] = self.metrics.get(k, 0) + v.detach().double()
+
+    def reduce(self, d, n_global: torch.Tensor | None = None) -> tuple[float, dict]:
+        """(loss per unit, metrics); ``n_global``: the step's unit count, already summed."""
+        n = (d.all_sum(self.units.clone()) if n_global is None else n_global).clamp(min=1)
+        loss = (d.all_sum(self.loss) / n).item()
+        totals = {
+            k: d.all_sum(torch.as_tensor(v, device=self.device)) for k, v in self.metrics.items()
+        }
+        metrics = {
+            k: (v / (totals[f"{k}#n"].clamp(min=1) if f"{k}#n" in totals else n)).item()
+            for k, v in sorted(totals.items())
+            if not k.endswith("#n")
+        }
+        return loss, metrics
 
 
 def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
@@ -118,15 +154,22 @@ def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
     return max(1, math.ceil(cfg.train.epochs * sampler.steps_per_epoch))
 
 
-def _step_batches(rows, indices, cfg: Config, pad_id: int, device) -> tuple[list, torch.Tensor]:
+def _step_batches(
+    objective, rows, indices, cfg: Config, pad_id: int, device
+) -> tuple[list, torch.Tensor]:
+    """This rank's micro-batches of one optimizer step and their counts [loss units, target
+    tokens]."""
     bs = cfg.train.batch_size
     doc_attn = cfg.model.attn == "sdpa"  # see strop.models.attention
     batches = [
-        _to(collate([rows[j] for j in indices[i : i + bs]], pad_id, doc_attn), device)
+        _to(objective.collate([rows[j] for j in indices[i : i + bs]], pad_id, doc_attn), device)
         for i in range(0, len(indices), bs)
     ]
-    n_local = sum((b["labels"][:, 1:] != IGNORE).sum() for b in batches)
-    return batches, torch.as_tensor(n_local, dtype=torch.float64, device=device)
+    counts = [
+        (objective.units(b), (b["labels"][:, 1:] != IGNORE).sum()) for b in batches
+    ]  # (loss units, target tokens): the same for token-level objectives
+    n_local = torch.tensor([[float(u), float(t)] for u, t in counts], dtype=torch.float64)
+    return batches, n_local.sum(0).to(device)
 
 
 def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
@@ -183,7 +226,8 @@ def train(cfg: Config) -> RunResult:
 
 def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     transform, model, tokenizer, model_dir, data, lr_mult = _prepare(cfg, d, run_dir, log)
-    objective = OBJECTIVES[cfg.stage](model, cfg.train.loss_chunk)
+    objective = OBJECTIVES[cfg.stage](model, cfg)
+    _prepare_reference(objective, cfg, data, tokenizer.pad_token_id, d, log)
     module = distributed.wrap(objective, d)
     optimizer = build_optimizer(objective, cfg.train, lr_mult)
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -222,9 +266,11 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 logger.close()
                 raise Interrupted(state["step"], signals.signum or signal.SIGTERM)
             step = state["step"]
-            batches, n_local = _step_batches(rows, sampler.next_step(), cfg, pad_id, d.device)
-            n_global = d.all_sum(n_local.clone()).clamp(min=1)
-            loss = _forward_backward(module, batches, n_global, cfg, d)
+            batches, n_local = _step_batches(
+                objective, rows, sampler.next_step(), cfg, pad_id, d.device
+            )
+            n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
+            loss, metrics = _forward_backward(module, batches, n_global, cfg, d)
             max_norm = cfg.train.max_grad_norm or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             factor = lr_factor(
@@ -237,7 +283,7 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 _handle_nonfinite(cfg, state, step, loss, grad_norm, log)
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step + 1
-            state["tokens"] += int(n_global.item())
+            state["tokens"] += int(tokens.item())
             record = {
                 "step": step + 1,
                 "epoch": round(sampler.epoch + sampler.step_in_epoch / sampler.steps_per_epoch, 4),
@@ -246,18 +292,20 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 "grad_norm": grad_norm,
                 "tokens": state["tokens"],
                 "nan_skips": state["nan_skips"],
+                **metrics,
             }
             history.append(record)
             logger.step(record, cfg.train.log_every, last=step + 1 == total_steps)
             if data.eval and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-                last_eval, eval_step = evaluate(module, data.eval.rows, cfg, d, pad_id), step + 1
+                last_eval = evaluate(module, objective, data.eval.rows, cfg, d, pad_id)
+                eval_step = step + 1
                 logger.log({"step": step + 1, **last_eval})
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save(step + 1)
             if os.environ.get(FAULT_ENV) == str(step + 1):  # tests: a real SIGTERM mid-run
                 os.kill(os.getpid(), signal.SIGTERM)
     if data.eval and eval_step != state["step"]:  # always end with an eval of the final weights
-        last_eval = evaluate(module, data.eval.rows, cfg, d, pad_id)
+        last_eval = evaluate(module, objective, data.eval.rows, cfg, d, pad_id)
         logger.log({"step": state["step"], **last_eval})
     logger.close()
     final_dir = _finish(
@@ -268,9 +316,10 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     )
 
 
-def _forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> float:
-    """Accumulate gradients of one optimizer step; returns its loss per target token."""
-    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+def _forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> tuple:
+    """Accumulate gradients of one optimizer step; returns its loss per unit (target token,
+    pair or example) and the objective's metrics averaged the same way."""
+    sums = _Sums(d.device)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         sync = module.no_sync() if (d.mode == "ddp" and not last) else contextlib.nullcontext()
@@ -278,8 +327,30 @@ def _forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> 
             out = module(**batch)
             # Gradients are averaged over ranks by DDP/FSDP, hence the x world.
             (out["loss_sum"] * (d.world / n_global)).backward()
-        loss_sum += out["loss_sum"].detach().double()
-    return (d.all_sum(loss_sum) / n_global).item()
+        sums.add(out)
+    return sums.reduce(d, n_global)
+
+
+def _prepare_reference(objective, cfg: Config, data, pad_id: int, d, log) -> None:
+    """Reference log-probs or model for objectives that need one (DPO family, KTO), before
+    any update: the initial policy scores the data (precompute), or a frozen copy loads."""
+    mode = getattr(objective, "mode", None)
+    if mode == "model":
+        section = objective.section
+        ref, _, _ = load_model(section.reference_model or cfg.model.name, cfg.model.dtype)
+        objective.set_reference_model(ref.to(d.device))
+        log(f"reference: {section.reference_model or cfg.model.name}, frozen, in memory")
+    elif mode == "precompute":
+        doc_attn = cfg.model.attn == "sdpa"
+        for split in filter(None, (data.train, data.eval)):
+            objective.precompute_reference(
+                split.rows,
+                pad_id,
+                doc_attn,
+                d.device,
+                lambda: _autocast(cfg.train.precision, d.device),
+            )
+        log("reference: log-probs precomputed with the initial policy (no reference model kept)")
 
 
 def _handle_nonfinite(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from strop.data.batching import collate
 from strop.data.render import IGNORE
 from strop.train.lm_loss import linear_cross_entropy_sum
 
@@ -28,6 +29,15 @@ class CausalLMObjective(nn.Module):
         super().__init__()
         self.model = model
         self.loss_chunk = loss_chunk
+
+    perplexity = True  # the eval loss is a per-token cross-entropy
+
+    def collate(self, rows, pad_id: int, doc_attention: bool) -> dict:
+        return collate(rows, pad_id, doc_attention)
+
+    def units(self, batch: dict) -> torch.Tensor:
+        """The loss is normalised by target tokens (across micro-batches and ranks)."""
+        return (batch["labels"][:, 1:] != IGNORE).sum()
 
     def forward(
         self, input_ids, labels, attention_mask=None, position_ids=None, strop_doc_lens=None
@@ -57,7 +67,8 @@ class CausalLMObjective(nn.Module):
                 ),
                 start=hidden.new_zeros((), dtype=torch.float32),
             )
-        return {"loss_sum": loss_sum, "n_targets": keep.sum()}
+        n = keep.sum()
+        return {"loss_sum": loss_sum, "n_targets": n, "units": n, "metrics": {}}
 
 
 def _has_logit_transform(lm: nn.Module) -> bool:
