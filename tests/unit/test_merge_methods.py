@@ -16,6 +16,7 @@ from strop.merge.methods import (
     dare_ties,
     disjoint_mean,
     elect_sign,
+    kth_largest_abs,
     linear,
     slerp,
     task_arithmetic,
@@ -118,6 +119,25 @@ def test_trim_keeps_the_largest_magnitudes():
 def test_trim_breaks_magnitude_ties_by_index():
     # three entries tie at |1| for two slots: the first two by index are kept
     close(trim_by_magnitude(T(1, -1, 1, 0.5), 0.5), T(1, -1, 0, 0))
+
+
+def test_kth_largest_abs_matches_a_sort():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, generator=g) * torch.rand(1000, generator=g).lt(0.7)  # with zeros
+    ranked = x.abs().sort(descending=True).values
+    for k in (1, 2, 17, 500, 699, 700, 701, 1000):
+        assert kth_largest_abs(x, k) == ranked[k - 1], k
+
+
+def test_trim_matches_a_sorting_reference_on_random_tensors():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(37, 11, generator=g).round(decimals=1)  # many magnitude ties
+    for density in (0.1, 0.33, 0.5, 0.9):
+        k = int(density * x.numel() + 0.5)
+        order = torch.argsort(x.abs().flatten(), descending=True, stable=True)[:k]
+        ref = torch.zeros(x.numel())
+        ref[order] = x.flatten()[order]
+        assert torch.equal(trim_by_magnitude(x, density), ref.view_as(x)), density
 
 
 def test_elect_sign_and_disjoint_mean_by_hand():

@@ -84,50 +84,81 @@ def slerp(v0: Tensor, v1: Tensor, t: float, dot_threshold: float = 0.9995) -> Te
     na, nb = a.norm(), b.norm()
     if na == 0 or nb == 0:
         return lerp(a, b, t)
-    cos = float(torch.dot(a.flatten() / na, b.flatten() / nb).clamp(-1.0, 1.0))
+    cos = max(-1.0, min(1.0, float(torch.dot(a.flatten(), b.flatten()) / (na * nb))))
     if abs(cos) > dot_threshold:
         return lerp(a, b, t)
     omega = math.acos(cos)
     s = math.sin(omega)
-    return (math.sin((1 - t) * omega) / s) * a + (math.sin(t * omega) / s) * b
+    return torch.add(a * (math.sin((1 - t) * omega) / s), b, alpha=math.sin(t * omega) / s)
+
+
+def kth_largest_abs(tau: Tensor, k: int) -> Tensor:
+    """The k-th largest |τ| (1 ≤ k ≤ n), exactly, without sorting."""
+    return _kth_largest(tau.float().abs(), k)
+
+
+def _kth_largest(magnitude: Tensor, k: int) -> Tensor:
+    """Bisection on the bit pattern of non-negative floats (their integer order is their value
+    order): ≤ 32 comparison passes, memory one bool mask, where kthvalue/topk would copy the
+    tensor and allocate 8-byte indices for every entry."""
+    bits = magnitude.view(torch.int32)
+    lo, hi = 0, int(bits.max())
+    while lo < hi:  # invariant: count(bits >= lo) >= k, count(bits > hi) < k
+        mid = (lo + hi + 1) // 2
+        if int(torch.count_nonzero(bits >= mid)) >= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    return torch.tensor(lo, dtype=torch.int32).view(torch.float32)
+
+
+def _trim_(tau: Tensor, density: float) -> Tensor:
+    """trim_by_magnitude in place on an fp32 tensor the caller owns."""
+    n = tau.numel()
+    k = int(density * n + 0.5)
+    if k >= n:
+        return tau
+    if k <= 0:
+        return tau.zero_()
+    magnitude = tau.abs()
+    threshold = _kth_largest(magnitude, k)
+    keep = magnitude > threshold
+    missing = k - int(keep.sum())
+    if missing > 0 and threshold > 0:  # at a zero threshold the tied entries are zeros anyway
+        tied = (magnitude == threshold).view(-1).nonzero().squeeze(1)[:missing]
+        keep.view(-1)[tied] = True
+    del magnitude
+    return tau.mul_(keep)
 
 
 def trim_by_magnitude(tau: Tensor, density: float) -> Tensor:
     """TIES step 1, *trim*: keep the k = round(ρ·n) entries of largest |τ|, zero the rest.
     Entries tied at the threshold are kept in index order, so the result is deterministic."""
-    n = tau.numel()
-    k = int(density * n + 0.5)
-    if k >= n:
-        return tau.clone()
-    if k <= 0:
-        return torch.zeros_like(tau)
-    flat = tau.abs().flatten()
-    # kthvalue is O(n), unlike a full sort: the k-th largest is the (n-k+1)-th smallest.
-    threshold = torch.kthvalue(flat, n - k + 1).values
-    keep = flat > threshold
-    missing = k - int(keep.sum())
-    if missing > 0:
-        keep[(flat == threshold).nonzero().squeeze(1)[:missing]] = True
-    return torch.where(keep.view_as(tau), tau, torch.zeros((), dtype=tau.dtype))
+    return _trim_(tau.float().clone(), density)
 
 
-def elect_sign(taus: Tensor, weights: Tensor) -> Tensor:
+def elect_sign(taus: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """TIES step 2, *elect*: per entry, the sign of the total (weighted) mass,
-    γ = sgn(Σᵢ wᵢ τ̂ᵢ). ``taus`` is [models, ...]. An exact tie (Σ = 0) elects 0: no input
-    agrees, so that entry keeps the base value — the inputs have no consensus to add."""
-    w = weights.view(-1, *([1] * (taus.dim() - 1)))
-    return torch.sign((taus * w).sum(0))
+    γ = sgn(Σᵢ wᵢ τ̂ᵢ). An exact tie (Σ = 0) elects 0: no input agrees, so that entry keeps
+    the base value — the inputs have no consensus to add."""
+    acc = torch.zeros_like(taus[0], dtype=torch.float32)
+    for w, tau in zip(weights, taus, strict=True):
+        acc.add_(tau, alpha=float(w))
+    return acc.sign_()
 
 
-def disjoint_mean(taus: Tensor, sign: Tensor, weights: Tensor) -> Tensor:
+def disjoint_mean(taus: Sequence[Tensor], sign: Tensor, weights: Sequence[float]) -> Tensor:
     """TIES step 3, *disjoint merge*: average only the entries whose sign agrees with the
     elected one (zeros never count), τ_m = Σ_{i∈A} wᵢτ̂ᵢ / Σ_{i∈A} wᵢ with A = {i: sgn τ̂ᵢ = γ};
     wᵢ = 1 gives the paper's mean. Entries where no input agrees are 0."""
-    w = weights.view(-1, *([1] * (taus.dim() - 1)))
-    agree = (torch.sign(taus) == sign) & (taus != 0)
-    num = torch.where(agree, taus * w, torch.zeros((), dtype=taus.dtype)).sum(0)
-    den = torch.where(agree, w.expand_as(taus), torch.zeros((), dtype=taus.dtype)).sum(0)
-    return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
+    num = torch.zeros_like(sign)
+    den = torch.zeros_like(sign)
+    for w, tau in zip(weights, taus, strict=True):
+        agree = torch.mul(tau, sign).gt_(0)  # 1.0 where the signs match and τ̂ᵢ ≠ 0
+        num.addcmul_(tau, agree, value=float(w))
+        den.add_(agree, alpha=float(w))
+        del agree
+    return num.div_(den.masked_fill_(den == 0, 1.0))  # num is 0 wherever den was
 
 
 def ties(
@@ -141,16 +172,14 @@ def ties(
     τ̂ᵢ = trim(θᵢ − θ_b, ρᵢ); γ = sgn(Σ wᵢτ̂ᵢ); τ_m = disjoint mean; θ = θ_b + λ·τ_m (λ = scale).
     """
     b = base.float()
-    taus = torch.stack(
-        [trim_by_magnitude(t.float() - b, d) for t, d in zip(thetas, densities, strict=True)]
-    )
+    taus = [_trim_(t.float() - b, d) for t, d in zip(thetas, densities, strict=True)]
     return _sign_merge(b, taus, weights, scale)
 
 
-def _sign_merge(b: Tensor, taus: Tensor, weights: Sequence[float], scale: float) -> Tensor:
-    w = torch.tensor(weights, dtype=torch.float32)
-    merged = disjoint_mean(taus, elect_sign(taus, w), w)
-    return b + scale * merged
+def _sign_merge(b: Tensor, taus: list[Tensor], weights: Sequence[float], scale: float) -> Tensor:
+    merged = disjoint_mean(taus, elect_sign(taus, weights), weights)
+    del taus[:]  # the caller's list: free the task vectors before the last addition
+    return merged.mul_(scale).add_(b)
 
 
 def dare_mask_seed(seed: int, name: str, index: int) -> int:
@@ -159,27 +188,31 @@ def dare_mask_seed(seed: int, name: str, index: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode()) * 101 + index) % (2**63 - 1)
 
 
+def _dare_drop_(tau: Tensor, density: float, generator: torch.Generator) -> Tensor:
+    if density >= 1:
+        return tau
+    if density <= 0:
+        return tau.zero_()
+    drop = torch.rand(tau.shape, generator=generator).ge_(density).bool()
+    return tau.masked_fill_(drop, 0.0).div_(density)
+
+
 def dare_drop(tau: Tensor, density: float, generator: torch.Generator) -> Tensor:
     """DARE (Yu et al. 2023, "Language models are super Mario"): Drop And REscale. Keep each
     entry with probability ρ (drop rate p = 1 − ρ) and rescale the survivors by 1/ρ, so that
     E[τ̃] = τ: τ̃ = m ⊙ τ / ρ with m ~ Bernoulli(ρ)."""
-    if density >= 1:
-        return tau.clone()
-    if density <= 0:
-        return torch.zeros_like(tau)
-    keep = torch.rand(tau.shape, generator=generator) < density
-    return torch.where(keep, tau / density, torch.zeros((), dtype=tau.dtype))
+    return _dare_drop_(tau.float().clone(), density, generator)
 
 
 def _dare_taus(
     base: Tensor, thetas: Sequence[Tensor], densities: Sequence[float], seed: int, name: str
-) -> Tensor:
+) -> list[Tensor]:
     b = base.float()
     out = []
     for i, (theta, d) in enumerate(zip(thetas, densities, strict=True)):
         g = torch.Generator().manual_seed(dare_mask_seed(seed, name, i))
-        out.append(dare_drop(theta.float() - b, d, g))
-    return torch.stack(out)
+        out.append(_dare_drop_(theta.float() - b, d, g))
+    return out
 
 
 def dare_linear(
@@ -192,10 +225,10 @@ def dare_linear(
 ) -> Tensor:
     """DARE then task arithmetic: θ = θ_b + Σ wᵢ τ̃ᵢ."""
     b = base.float()
-    taus = _dare_taus(b, thetas, densities, seed, name)
     out = b.clone()
-    for w, tau in zip(weights, taus, strict=True):
-        out.add_(tau, alpha=w)
+    for i, (w, theta, d) in enumerate(zip(weights, thetas, densities, strict=True)):
+        g = torch.Generator().manual_seed(dare_mask_seed(seed, name, i))
+        out.add_(_dare_drop_(theta.float() - b, d, g), alpha=w)  # one task vector at a time
     return out
 
 

@@ -108,6 +108,19 @@ def check_tokenizers(cfg: MergeConfig, inputs: list[Input], base: Input | None) 
     return everyone[0]
 
 
+def all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
+    """isfinite in 1M-element chunks: on a whole tensor it allocates temporaries of the
+    tensor's size (|t| and masks), which would set the merge's peak memory."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(c).all()) for c in flat.split(chunk))
+
+
+def _check_finite(name: str, sources: list, tensors: list[torch.Tensor | None]) -> None:
+    for src, t in zip(sources, tensors, strict=True):
+        if t is not None and t.is_floating_point() and not all_finite(t):
+            raise StropError(f"{src.label}: tensor {name!r} holds NaN or inf values")
+
+
 def merged_tensors(
     method: MergeMethod,
     sources: list[Source],
@@ -119,9 +132,7 @@ def merged_tensors(
     for name in names:
         thetas = [s.get(name) for s in sources]
         b = base.get(name) if base is not None else None
-        for src, t in zip([*sources, base], [*thetas, b], strict=True):
-            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise StropError(f"{src.label}: tensor {name!r} holds NaN or inf values")
+        _check_finite(name, [*sources, base], [*thetas, b])
         first_dtype = sources[0].info(name).dtype
         if not thetas[0].is_floating_point():  # integer buffers: must agree, copied as-is
             if any(not torch.equal(thetas[0], t) for t in thetas[1:]):
@@ -268,6 +279,7 @@ def run_merge(cfg: MergeConfig, log: Callable[[str], None] = print) -> Path:
             stream = merged_tensors(method, sources, base.source if base else None, names, resolver)
             for k, (name, tensor, first_dtype) in enumerate(stream):
                 writer.write(name, tensor.to(_out_dtype(cfg, first_dtype)))
+                del tensor  # before the next tensor's inputs are read
                 if (k + 1) % 50 == 0:
                     log(f"  {k + 1}/{len(names)} tensors")
             writer.close()
