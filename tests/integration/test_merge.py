@@ -288,6 +288,15 @@ def test_mismatched_shapes_are_named(zoo, tmp_path):
         merge(tmp_path, method="linear", models=[str(zoo / "m1"), str(other)])
 
 
+def test_missing_tensor_is_named(zoo, tmp_path):
+    short = _copy(zoo / "m2", tmp_path / "short")
+    sd = load_file(short / "model.safetensors")
+    del sd["model.layers.1.mlp.gate_proj.weight"]
+    save_file(sd, short / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(StropError, match="short lacks tensor.*layers.1.mlp.gate_proj.* that m1"):
+        merge(tmp_path, method="linear", models=[str(zoo / "m1"), str(short)])
+
+
 def test_mismatched_vocabularies_are_refused_naming_the_token(zoo, tmp_path):
     from transformers import AutoTokenizer
 

@@ -43,3 +43,24 @@ def test_frozen_weight_and_no_grad_paths():
     torch.testing.assert_close(h.grad, h2.grad)
     with torch.no_grad():
         torch.testing.assert_close(linear_cross_entropy_sum(h, w, y), loss.detach())
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1024])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_token_logps_match_log_softmax_with_per_position_gradients(chunk, dtype):
+    from strop.train.lm_loss import linear_token_logps, reference_token_logps
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(19, 12, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(40, 12, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, 40, (19,), generator=g)
+    weights = torch.randn(19, generator=g, dtype=dtype)  # a sequence loss weighs positions
+    ours = linear_token_logps(h, w, y, chunk)
+    gh, gw = torch.autograd.grad((ours * weights).sum(), (h, w))
+    ref = torch.log_softmax(h @ w.T, -1).gather(1, y[:, None])[:, 0]
+    rh, rw = torch.autograd.grad((ref * weights).sum(), (h, w))
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(ours, ref, **tol)
+    torch.testing.assert_close(reference_token_logps(h, w, y), ref, **tol)
+    torch.testing.assert_close(gh, rh, **tol)
+    torch.testing.assert_close(gw, rw, **tol)
