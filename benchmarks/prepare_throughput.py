@@ -71,11 +71,11 @@ class RssSampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def run_pipeline(data: Path, out: Path, workers: int, chunk: int, n: int) -> dict:
+def run_pipeline(data: Path, out: Path, workers: int, chunk: int, n: int, steps=STEPS) -> dict:
     raw = {
         "inputs": [str(data)],
         "output": {"dir": str(out)},
-        "steps": STEPS,
+        "steps": steps,
         "num_workers": workers,
         "chunk_size": chunk,
     }
@@ -123,7 +123,11 @@ def run_pipeline(data: Path, out: Path, workers: int, chunk: int, n: int) -> dic
             for s in rep["steps"]
         ],
         "near_dedup_index": {
-            k: v for k, v in rep["steps"][3].items() if k in ("bands", "rows", "stored")
+            k: v
+            for step in rep["steps"]
+            if step["step"] == "dedup_near"
+            for k, v in step.items()
+            if k in ("bands", "rows", "stored")
         },
         "output_records": rep["output"]["records"],
     }
@@ -188,12 +192,33 @@ def compare_datasketch(data: Path, m: int, truth: list[str]) -> dict:
     }
 
 
+def print_run(label: str, run: dict, workers: int) -> None:
+    print(f"\n{label} pipeline:\n")
+    print("| step | records in | removed | CPU s | records/s per core |")
+    print("|---|---|---|---|---|")
+    for s in run["steps"]:
+        cpu = s["seconds"] + s["decide_seconds"]
+        print(f"| {s['step']} | {s['in']} | {s['removed']} | {cpu:.1f} | {s['records_per_s']} |")
+    print(
+        f"\n{run['records_per_s']} records/s wall ({run['wall_s']} s, {workers} workers), peak RSS "
+        f"{run['peak_rss_all_mib']:.0f} MiB all processes (main {run['peak_rss_main_mib']:.0f} MiB)"
+    )
+    grows = ", ".join(f"{p['rows']}: {p['all_mib']:.0f}" for p in run["rss_by_progress"])
+    print(f"RSS (MiB, all processes) as input grows: {grows}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunk-size", type=int, default=2000)
-    ap.add_argument("--datasketch-records", type=int, default=20_000)
+    ap.add_argument("--datasketch-records", type=int, default=20_000, help="0: skip")
+    ap.add_argument(
+        "--stateless-records", type=int, default=300_000,
+        help="also run normalise -> filter -> pii (no dedup index) on this many records, to show "
+        "that RSS outside the dedup indexes stays flat (0: skip)",
+    )  # fmt: skip
+    ap.add_argument("--skip-full", action="store_true", help="skip the full pipeline run")
     ap.add_argument("--dir", default=None, help="work dir (default: a temporary one)")
     ap.add_argument("--out", default="benchmarks/results/prepare_throughput.json")
     args = ap.parse_args()
@@ -212,11 +237,27 @@ def main() -> None:
             kinds["pii"] = kinds.get("pii", 0) + ("pii" in t)
     gen_s = time.perf_counter() - t0
     print(f"  {data.stat().st_size / 2**20:.0f} MiB in {gen_s:.0f} s; planted {kinds}", flush=True)
-    print(f"pipeline, {args.workers} workers ...", flush=True)
-    pipe = run_pipeline(data, work / "out", args.workers, args.chunk_size, args.records)
+    pipe = stateless = cmp = None
+    if not args.skip_full:
+        print(f"pipeline, {args.workers} workers ...", flush=True)
+        pipe = run_pipeline(data, work / "out", args.workers, args.chunk_size, args.records)
+    if args.stateless_records:
+        k = min(args.stateless_records, args.records)
+        part = work / "part.jsonl"
+        with open(data, encoding="utf-8") as src, open(part, "w", encoding="utf-8") as dst:
+            for i, line in enumerate(src):
+                if i >= k:
+                    break
+                dst.write(line)
+        print(f"stateless pipeline (normalise, filter, pii) on {k} records ...", flush=True)
+        no_dedup = [STEPS[0], STEPS[1], STEPS[4]]
+        stateless = run_pipeline(
+            part, work / "out-stateless", args.workers, args.chunk_size, k, no_dedup
+        )
     m = min(args.datasketch_records, args.records)
-    print(f"near dedup vs datasketch on the first {m} records ...", flush=True)
-    cmp = compare_datasketch(data, m, truth)
+    if m:
+        print(f"near dedup vs datasketch on the first {m} records ...", flush=True)
+        cmp = compare_datasketch(data, m, truth)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -228,25 +269,16 @@ def main() -> None:
         "planted": kinds,
         "workers": args.workers,
         "pipeline": pipe,
+        "stateless_pipeline": stateless,
         "near_dedup_vs_datasketch": cmp,
     }
-    print()
-    print("| step | records in | removed | CPU s | records/s per core |")
-    print("|---|---|---|---|---|")
-    for s in pipe["steps"]:
-        cpu = s["seconds"] + s["decide_seconds"]
-        print(f"| {s['step']} | {s['in']} | {s['removed']} | {cpu:.1f} | {s['records_per_s']} |")
-    print(f"\nwhole pipeline: {pipe['records_per_s']} records/s wall ({pipe['wall_s']} s, {args.workers} workers), "
-          f"peak RSS {pipe['peak_rss_all_mib']:.0f} MiB (main {pipe['peak_rss_main_mib']:.0f} MiB)")  # fmt: skip
-    print(
-        "RSS as input grows:",
-        ", ".join(f"{p['rows']}: {p['all_mib']:.0f}" for p in pipe["rss_by_progress"]),
-    )
-    for name in ("strop", "datasketch"):
+    for label, run in (("full", pipe), ("stateless", stateless)):
+        if run is not None:
+            print_run(label, run, args.workers)
+    for name in ("strop", "datasketch") if cmp else ():
         c = cmp[name]
-        print(
-            f"near dedup {name}: {c['records_per_s']} records/s, recall {c['recall']}, precision {c['precision']}"
-        )
+        print(f"near dedup {name}: {c['records_per_s']} records/s, recall {c['recall']}, "
+              f"precision {c['precision']}")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
