@@ -220,3 +220,28 @@ def test_kto_limits():
     kl_p = torch.tensor([-9.0, -9.0], requires_grad=True)
     z = kl_reference_point(kl_p, torch.tensor([-1.0, -1.0]))
     assert z.item() == 0.0 and not z.requires_grad
+
+
+# ---- reward model -------------------------------------------------------------------------
+def test_bradley_terry_matches_reference_and_limits():
+    from strop.train.objectives.rm import bradley_terry_loss
+
+    rw, rl, m, _ = _inputs(n=5, seed=9, scale=2.0)
+    m = -m / 10  # margins in (0.1, 0.3)
+    a = rw.clone().requires_grad_()
+    b = rl.clone().requires_grad_()
+    bradley_terry_loss(a, b, m, 0.05).sum().backward()
+
+    def fn(x, y):
+        return [
+            math.log1p(math.exp(-(u - v - k))) + 0.05 * (u + v) ** 2
+            for u, v, k in zip(x, y, m.tolist(), strict=True)
+        ]
+
+    want = torch.tensor(fn(rw.tolist(), rl.tolist()), dtype=torch.float64)
+    torch.testing.assert_close(bradley_terry_loss(rw, rl, m, 0.05), want, atol=1e-6, rtol=0)
+    ga, gb = _grad_ref(fn, [rw.tolist(), rl.tolist()])
+    torch.testing.assert_close(a.grad, torch.tensor(ga, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.grad, torch.tensor(gb, dtype=torch.float64), atol=1e-6, rtol=0)
+    x = torch.tensor([0.3])
+    assert bradley_terry_loss(x, x).item() == pytest.approx(math.log(2))

@@ -113,6 +113,13 @@ class KTOSection(ReferenceOptions):
     """Class weights; the paper keeps w_D * n_D / (w_U * n_U) in [1, 4/3]."""
 
 
+class RMSection(Section):
+    use_margin: bool = True
+    """Subtract a pair's ``margin`` field (0 where absent) inside the Bradley-Terry loss."""
+    center_weight: float = Field(0.0, ge=0)
+    """Centering regulariser c * (r_chosen + r_rejected)^2 (e.g. 0.01)."""
+
+
 class Config(Section):
     model: ModelSection = ModelSection()
     stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "ppo", "grpo"] = "sft"
@@ -124,6 +131,7 @@ class Config(Section):
     simpo: SimPOSection = SimPOSection()
     orpo: ORPOSection = ORPOSection()
     kto: KTOSection = KTOSection()
+    rm: RMSection = RMSection()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:

@@ -79,10 +79,18 @@ def load_tokenizer(model_dir: Path):
 
 
 def load_model(
-    name_or_path: str, dtype: str = "auto", adapter: str | None = None, attn: str = "sdpa"
+    name_or_path: str,
+    dtype: str = "auto",
+    adapter: str | None = None,
+    attn: str = "sdpa",
+    head: str = "causal_lm",
 ):
-    """Return (model, tokenizer, model_dir). With ``adapter``, the PEFT adapter is applied."""
-    from transformers import AutoModelForCausalLM
+    """Return (model, tokenizer, model_dir). With ``adapter``, the PEFT adapter is applied.
+
+    ``head="reward"`` loads the same weights under a scalar value head (transformers'
+    ...ForSequenceClassification with one label): a causal LM's ``score`` starts random
+    (seeded by the caller's torch seed), a trained reward model's loads as saved."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quiet_transformers()
     model_dir = resolve_model(name_or_path)
@@ -90,15 +98,22 @@ def load_model(
         from strop.models.attention import register
 
         attn = register()
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=resolve_dtype(dtype), attn_implementation=attn
-    )
+    kwargs = {"dtype": resolve_dtype(dtype), "attn_implementation": attn}
+    if head == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, **kwargs
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     tok_dir = model_dir
     if adapter is not None:
         model = apply_adapter(model, Path(adapter))
         if (Path(adapter) / "tokenizer_config.json").exists():
             tok_dir = Path(adapter)
-    return model, load_tokenizer(tok_dir), model_dir
+    tokenizer = load_tokenizer(tok_dir)
+    if head == "reward" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # transformers' own forward needs it
+    return model, tokenizer, model_dir
 
 
 def apply_adapter(model, adapter_dir: Path):

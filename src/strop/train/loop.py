@@ -175,7 +175,10 @@ def _step_batches(
 def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
     transform, params = parse_method(cfg.method)
     torch.manual_seed(cfg.train.seed)  # same init on every rank
-    model, tokenizer, model_dir = load_model(cfg.model.name, cfg.model.dtype, attn=cfg.model.attn)
+    head = getattr(OBJECTIVES.get(cfg.stage), "model_head", "causal_lm")  # rm: a value head
+    model, tokenizer, model_dir = load_model(
+        cfg.model.name, cfg.model.dtype, attn=cfg.model.attn, head=head
+    )
     model = transform.apply(model, params)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -382,8 +385,9 @@ def _finish(cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, 
                 )
                 print(f"merged: max |logit diff| to the trained model {merge_err:.2e}")
             else:
+                head = getattr(objective, "model_head", "causal_lm")
                 merged_src, _, _ = load_model(
-                    str(model_dir), cfg.model.dtype, adapter=str(final_dir)
+                    str(model_dir), cfg.model.dtype, adapter=str(final_dir), head=head
                 )
             artifacts.save_merged(merged_src, tokenizer, run_dir / "final-merged")
         artifacts.plot_losses(run_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, create_model
 
-from strop.models.transforms.lora import LoraParams, lora_config
+from strop.models.transforms.lora import LoraParams, lora_config, peft_task_type
 
 # LoRA's options that mean the same for DoRA (LoRA+ and the fused forward are LoRA-only).
 _SHARED = ("r", "alpha", "dropout", "targets", "rslora", "init", "modules_to_save")
@@ -26,4 +26,6 @@ DoraParams = create_model(
 def apply(model, params):
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(params, use_dora=True))
+    return get_peft_model(
+        model, lora_config(params, use_dora=True, task_type=peft_task_type(model))
+    )

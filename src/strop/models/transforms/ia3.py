@@ -24,10 +24,12 @@ class IA3Params(BaseModel):
 def apply(model, params: IA3Params):
     from peft import IA3Config, get_peft_model
 
+    from strop.models.transforms.lora import peft_task_type
+
     cfg = IA3Config(
         target_modules=params.targets,
         feedforward_modules=params.feedforward_modules,
         init_ia3_weights=params.init,
-        task_type="CAUSAL_LM",
+        task_type=peft_task_type(model),
     )
     return get_peft_model(model, cfg)

@@ -27,7 +27,13 @@ class LoraParams(BaseModel):
     """Use strop's fused LoRA linear forward/backward (same peft modules and file format)."""
 
 
-def lora_config(params, use_dora: bool = False):
+def peft_task_type(model) -> str:
+    """SEQ_CLS for a reward model (its scalar ``score`` head then trains in full and is saved
+    with the adapter, as peft's modules_to_save), CAUSAL_LM otherwise."""
+    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+
+
+def lora_config(params, use_dora: bool = False, task_type: str = "CAUSAL_LM"):
     """The peft LoraConfig for LoRA params (DoRA shares every field it uses)."""
     from peft import LoraConfig
 
@@ -40,14 +46,14 @@ def lora_config(params, use_dora: bool = False):
         use_dora=use_dora,
         init_lora_weights=params.init,
         modules_to_save=params.modules_to_save or None,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
 def apply(model, params: LoraParams):
     from peft import get_peft_model
 
-    model = get_peft_model(model, lora_config(params))
+    model = get_peft_model(model, lora_config(params, task_type=peft_task_type(model)))
     if params.fused:
         from strop.models.fused_lora import fuse_lora_layers
 

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, create_model
 from torch import nn
 
 from strop.models.transforms import lora
-from strop.models.transforms.lora import LoraParams, lora_config
+from strop.models.transforms.lora import LoraParams, lora_config, peft_task_type
 
 # LoRA's options that mean the same here (fused LoRA is nn.Linear-only, so not offered).
 _SHARED = (
@@ -116,7 +116,7 @@ def apply(model, params):
     from peft import get_peft_model
 
     quantize(model, params)
-    return get_peft_model(model, lora_config(params))
+    return get_peft_model(model, lora_config(params, task_type=peft_task_type(model)))
 
 
 def lr_multipliers(model, params) -> dict[str, float]:

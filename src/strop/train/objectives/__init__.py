@@ -7,6 +7,7 @@ from strop.train.objectives.causal_lm import CausalLMObjective
 from strop.train.objectives.dpo import DPOObjective
 from strop.train.objectives.kto import KTOObjective
 from strop.train.objectives.orpo import ORPOObjective
+from strop.train.objectives.rm import RewardObjective
 from strop.train.objectives.simpo import SimPOObjective
 
 
@@ -23,4 +24,5 @@ OBJECTIVES = {
     "simpo": SimPOObjective,
     "orpo": ORPOObjective,
     "kto": KTOObjective,
+    "rm": RewardObjective,
 }

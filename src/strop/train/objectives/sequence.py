@@ -107,10 +107,13 @@ class SequenceObjective(nn.Module):
     def units(self, batch: dict) -> torch.Tensor:
         return (row_token_counts(batch) > 0).all(1).sum()
 
-    def forward(self, **batch) -> dict:
+    def row_scores(self, batch: dict) -> torch.Tensor:
+        """What the loss compares, per document [P, 2]: summed response log-probs."""
         logps, docs = target_logps(self.model, batch, self.loss_chunk)
-        n = n_rows_of(batch)
-        logps = per_document(logps, docs, n)  # [P, 2]
+        return per_document(logps, docs, n_rows_of(batch))
+
+    def forward(self, **batch) -> dict:
+        logps = self.row_scores(batch)  # [P, 2]
         counts = row_token_counts(batch).to(logps.dtype)  # [P, 2]
         valid = (counts > 0).all(1)
         ref = self.reference_logps(batch).to(logps.dtype) if self.needs_reference else None
