@@ -225,6 +225,5 @@ class NearDedup(Step):
             "bands": self.bands,
             "rows": self.rows,
             "stored": len(self.origins),
-            "index_bytes": len(self.sigs) + sum(len(t) for t in self.tables) * 100,
             "example_clusters": examples,
         }

@@ -111,6 +111,70 @@ def _split(src: Path, out_dir: Path, name: str, cfg: PrepareConfig, w: _Writer) 
     return {"paths": paths, "stratify": split.stratify, "strata": per}
 
 
+@dataclass
+class _Quarantine:
+    """The quarantine file: one JSON object per removed record or unreadable row."""
+
+    path: Path
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        # closed by run_prepare's finally
+        self.fh = open(self.path, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+
+    def __call__(self, entry: dict) -> None:
+        self.fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.count += 1
+
+
+def _stream(
+    cfg: PrepareConfig,
+    specs: list[tuple[str, Section]],
+    runner: ChunkRunner,
+    walker: Walker,
+    quarantine: _Quarantine,
+    log: Callable[[str], None],
+    log_every: int,
+) -> tuple[Histogram, int, int]:
+    """Every row through the workers and the walker; (lengths before, rows, bad rows)."""
+    before, rows, bad, t0 = Histogram(), 0, 0, perf_counter()
+    next_log = log_every
+    chunks = iter_chunks(cfg.inputs, cfg.chunk_size)
+    for chunk, (results, times) in run_chunks(chunks, runner, specs, cfg.num_workers):
+        for si, t in enumerate(times):
+            walker.stats[si].seconds += t
+        for (origin, payload), (length, node) in zip(chunk.rows, results, strict=True):
+            rows += 1
+            if length is None:  # unreadable: ``node`` holds the problem
+                bad += 1
+                entry = {"origin": origin, "step": "read", "rule": "bad_row", "reason": node}
+                quarantine({**entry, "raw": raw_text(payload)})
+                continue
+            before.add(length)
+            walker.walk(node, payload)
+        if rows >= next_log:
+            log(f"prepare: {rows} rows, {rows / (perf_counter() - t0):.0f} rows/s")
+            next_log += log_every
+    walker.finish()
+    return before, rows, bad
+
+
+def _outputs(cfg: PrepareConfig, data_path: Path, writer: _Writer) -> tuple[dict, dict | None]:
+    """Split and Parquet after the stream: the output files by name, and the split summary."""
+    files: dict[str, Path] = {}
+    split_info = None
+    if cfg.split:
+        split_info = _split(data_path, data_path.parent, cfg.output.name, cfg, writer)
+        files.update(split_info.pop("paths"))
+    else:
+        files["data"] = data_path
+    if cfg.output.parquet:
+        for key, path in list(files.items()):
+            files[f"{key}_parquet"] = path.with_suffix(".parquet")
+            jsonl_to_parquet(path, files[f"{key}_parquet"])
+    return files, split_info
+
+
 def run_prepare(
     cfg: PrepareConfig,
     specs: list[tuple[str, Section]] | None = None,
@@ -129,58 +193,17 @@ def run_prepare(
     runner = ChunkRunner(steps, _out_format(specs), stratify)
     data_path = out_dir / (f".{name}.all.jsonl" if cfg.split else f"{name}.jsonl")
     writer = _Writer(data_path, stratify is not None)
-    q_path = out_dir / "quarantine.jsonl"
-    qfh = open(q_path, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-    quarantined = [0]
-
-    def quarantine(entry: dict) -> None:
-        qfh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        quarantined[0] += 1
-
+    quarantine = _Quarantine(out_dir / "quarantine.jsonl")
     walker = Walker(steps, writer, quarantine, out_dir)
-    before, rows, bad, t0 = Histogram(), 0, 0, perf_counter()
-    next_log = log_every
+    t0 = perf_counter()
     try:
-        chunks = iter_chunks(cfg.inputs, cfg.chunk_size)
-        for chunk, (results, times) in run_chunks(chunks, runner, specs, cfg.num_workers):
-            for si, t in enumerate(times):
-                walker.stats[si].seconds += t
-            for (origin, payload), (length, node) in zip(chunk.rows, results, strict=True):
-                rows += 1
-                if length is None:
-                    bad += 1
-                    quarantine(
-                        {
-                            "origin": origin,
-                            "step": "read",
-                            "rule": "bad_row",
-                            "reason": node,
-                            "raw": raw_text(payload),
-                        }
-                    )
-                    continue
-                before.add(length)
-                walker.walk(node, payload)
-            if rows >= next_log:
-                log(f"prepare: {rows} rows, {rows / (perf_counter() - t0):.0f} rows/s")
-                next_log += log_every
-        walker.finish()
+        before, rows, bad = _stream(cfg, specs, runner, walker, quarantine, log, log_every)
     finally:
         writer.fh.close()
-        qfh.close()
+        quarantine.fh.close()
     elapsed = perf_counter() - t0
-    files: dict[str, Path] = {}
-    split_info = None
-    if cfg.split:
-        split_info = _split(data_path, out_dir, name, cfg, writer)
-        files.update(split_info.pop("paths"))
-    else:
-        files["data"] = data_path
-    if cfg.output.parquet:
-        for key, path in list(files.items()):
-            files[f"{key}_parquet"] = path.with_suffix(".parquet")
-            jsonl_to_parquet(path, files[f"{key}_parquet"])
-    files["quarantine"] = q_path
+    files, split_info = _outputs(cfg, data_path, writer)
+    files["quarantine"] = quarantine.path
     report = {
         "input": {
             "files": [s.path for s in cfg.inputs],
@@ -195,8 +218,8 @@ def run_prepare(
             "files": {k: str(p) for k, p in files.items() if k != "quarantine"},
             "split": split_info,
         },
-        "quarantined": quarantined[0],
-        "quarantine_file": str(q_path),
+        "quarantined": quarantine.count,
+        "quarantine_file": str(quarantine.path),
         "lengths": {"edges": LENGTH_EDGES, "before": before.counts, "after": writer.after.counts},
         "seconds": round(elapsed, 3),
         "records_per_s": round(rows / elapsed) if elapsed > 0 else None,
@@ -205,18 +228,19 @@ def run_prepare(
         "_before": before,
         "_after": writer.after,
     }
-    files["report_json"], files["report_md"], files["plot"] = (
-        out_dir / "report.json",
-        out_dir / "report.md",
-        out_dir / "lengths.png",
-    )
+    for key, fname in (
+        ("report_json", "report.json"),
+        ("report_md", "report.md"),
+        ("plot", "lengths.png"),
+    ):
+        files[key] = out_dir / fname
     write_json(report, files["report_json"])
     write_markdown(report, files["report_md"])
     plot_lengths(before, writer.after, files["plot"])
     if rows and bad / rows > cfg.max_bad_fraction:
         raise StropError(
             f"{bad} of {rows} rows are malformed ({bad / rows:.1%}), more than max_bad_fraction="
-            f"{cfg.max_bad_fraction}; they are listed with file:line in {q_path} (outputs were "
-            "written; fix the rows or raise max_bad_fraction)."
+            f"{cfg.max_bad_fraction}; they are listed with file:line in {quarantine.path} (outputs "
+            "were written; fix the rows or raise max_bad_fraction)."
         )
     return PrepareResult(out_dir, files, report)
