@@ -53,6 +53,13 @@ def build_model(out: Path, seed: int, args: argparse.Namespace, tok_dir: Path) -
     return total
 
 
+def vm_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def vm_size_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmSize:"):
@@ -86,7 +93,7 @@ def child(args: argparse.Namespace) -> None:
     import safetensors  # noqa: F401
     import transformers  # noqa: F401
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = vm_rss_kb()  # resident now; ru_maxrss would hold the imports' transient peak
     if args.limit_mb:
         cap = vm_size_kb() * 1024 + (args.limit_mb << 20)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

@@ -59,10 +59,12 @@ def check_compatible(inputs: list[Input], base: Input | None) -> list[str]:
     for other in everyone[1:]:
         mine, theirs = set(names), set(other.source.names())
         if mine != theirs:
-            missing = sorted(mine - theirs)[:3] or sorted(theirs - mine)[:3]
-            who = other.label if sorted(mine - theirs) else ref.label
+            only_ref, only_other = sorted(mine - theirs)[:3], sorted(theirs - mine)[:3]
+            lacking, having, names_ = (
+                (other, ref, only_ref) if only_ref else (ref, other, only_other)
+            )
             raise StropError(
-                f"{who} lacks tensor(s) {', '.join(missing)} that {ref.label if who != ref.label else other.label} has: "
+                f"{lacking.label} lacks tensor(s) {', '.join(names_)} that {having.label} has: "
                 "the models do not share an architecture"
             )
         for n in names:
