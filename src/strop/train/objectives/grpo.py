@@ -1,0 +1,97 @@
+"""Group Relative Policy Optimisation (stage grpo): the maths, then the objective.
+
+GRPO (Shao et al., 2024, DeepSeekMath eq. 3) samples a group of G completions o_1..o_G per
+prompt q from the old policy, scores them r_1..r_G, and uses the group-normalised reward as
+the advantage of every token of o_i (outcome supervision, eq. in §4.1.2):
+
+    A_i = (r_i - mean(r)) / (std(r) + eps)           (std: population std over the group)
+
+Per token, with r_t = pi(o_t) / pi_old(o_t) and the k3 KL estimator to the reference (eq. 4),
+
+    l_{i,t} = -[ min(r_t A_i, clip(r_t, 1-e, 1+e_high) A_i) - b KL_k3(pi || pi_ref)_{i,t} ]
+
+Aggregations over the completions of a batch (GRPO_AGGREGATIONS):
+
+    sequence_mean  (1/G) sum_i (1/|o_i|) sum_t l_{i,t}          original GRPO (eq. 3)
+    token_mean     sum_i sum_t l_{i,t} / sum_i |o_i|            DAPO (Yu et al., 2025, eq. 8)
+    dr_grpo        (1/G) sum_i sum_t l_{i,t} / L_max            Dr. GRPO (Liu et al., 2025):
+                                 no per-length 1/|o_i| bias; combine with scale_rewards=false
+                                 to drop the std normalisation too (their second bias)
+
+Each returns a *sum* and its unit count, so the loop's "sum over the step / global units"
+gives exactly the aggregate of one big batch under accumulation and across ranks.
+
+Anchor: with one iteration (pi = pi_old), b = 0 and sequence_mean, r_t = 1 and every
+completion contributes its own A_i, whose group sum is 0: the loss is 0, but its gradient
+(sum_i A_i mean_t grad log pi(o_{i,t})) is not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from strop.train.objectives.ppo import clipped_surrogate, kl_k3, masked_sum
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
+    """rewards [N] (N = prompts x group_size, groups contiguous) -> advantages [N]."""
+    r = rewards.view(-1, group_size)  # [P, G]
+    centred = r - r.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (r.std(1, unbiased=False, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def zero_advantage_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[P] bool: groups whose rewards are all equal (no learning signal; DAPO's dynamic
+    sampling drops them)."""
+    r = rewards.view(-1, group_size)
+    return (r == r[:, :1]).all(1)
+
+
+def grpo_token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    beta: float,
+    eps_low: float,
+    eps_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-token loss l [B, T], clip-active [B, T], k3 KL [B, T]); advantages [B]."""
+    surrogate, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    return -(surrogate - beta * kl), clipped, kl
+
+
+def agg_sequence_mean(loss, mask, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = mask.sum(1)
+    return (masked_sum(loss, mask, 1) / n.clamp(min=1)).sum(), (n > 0).sum()
+
+
+def agg_token_mean(loss, mask, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return masked_sum(loss, mask), mask.sum()
+
+
+def agg_dr_grpo(loss, mask, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return masked_sum(loss, mask) / max_len, (mask.sum(1) > 0).sum()
+
+
+# name -> (per-token loss [B, T], mask [B, T], L_max) -> (loss sum, units)
+GRPO_AGGREGATIONS = {
+    "sequence_mean": agg_sequence_mean,
+    "token_mean": agg_token_mean,
+    "dr_grpo": agg_dr_grpo,
+}
+
+
+def grpo_loss(
+    logp, old_logp, ref_logp, advantages, mask, beta, eps_low, eps_high=None,
+    aggregation="sequence_mean", max_len=1,
+) -> torch.Tensor:  # fmt: skip
+    """The aggregated loss of one batch (what the loop computes over a whole step)."""
+    loss, _, _ = grpo_token_loss(logp, old_logp, ref_logp, advantages, beta, eps_low, eps_high)
+    total, units = GRPO_AGGREGATIONS[aggregation](loss, mask.to(loss.dtype), max_len)
+    return total / units.clamp(min=1)
