@@ -9,13 +9,14 @@ import random
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from strop.train.loop import FAULT_ENV
-from tests.helpers import tiny_config, write_chat_jsonl
+from tests.helpers import tiny_config, write_chat_jsonl, write_preference_jsonl
 
 
 def _strop_train(cfg_path, env_extra=None):
@@ -49,8 +50,12 @@ def _assert_same_tree(a, b, path="state"):
         assert a == b, path
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path):
-    data = write_chat_jsonl(tmp_path / "chat.jsonl", n=16)
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_kill_and_resume_is_bit_identical(tmp_path, stage):
+    # dpo: the resumed run must score its reference with the *initial* policy again (precompute
+    # happens before the checkpoint loads), or every later loss would differ.
+    writer = write_preference_jsonl if stage == "dpo" else write_chat_jsonl
+    data = writer(tmp_path / "data.jsonl", n=16)
     total = 12  # 8 steps per epoch: the run crosses an epoch boundary (new shuffle)
     kill_at = random.Random().randint(2, total - 2)
     configs = {}
@@ -58,6 +63,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
         raw = tiny_config(
             tmp_path / name,
             data,
+            stage=stage,
             method={"name": "lora", "r": 4, "dropout": 0.1},  # dropout: RNG state matters
             train={
                 "max_steps": total,

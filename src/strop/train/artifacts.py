@@ -39,8 +39,13 @@ def save_merged(model: nn.Module, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+# Per-step metrics worth a second panel, by the objective that logs them.
+SIDE_METRICS = ("rewards/margin", "rewards/accuracy", "accuracy", "margin", "kl")
+
+
 def plot_losses(run_dir: Path) -> Path | None:
-    """loss.png from metrics.jsonl: training loss per logged step and eval loss."""
+    """loss.png from metrics.jsonl: training and eval loss per step and, for objectives that
+    log them (preference, reward, KTO), reward margin / accuracy / KL in a second panel."""
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
         return None
@@ -54,15 +59,28 @@ def plot_losses(run_dir: Path) -> Path | None:
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if not train and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    side = [k for k in SIDE_METRICS if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, 2 if side else 1, figsize=(12 if side else 7, 4), squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy per target token")
+    ax.set_ylabel("loss per unit (target token, pair or example)")
     ax.grid(alpha=0.3)
     ax.legend()
+    if side:
+        ax2 = axes[0][1]
+        for k in side:
+            points = [(r["step"], r[k]) for r in rows if k in r]
+            ax2.plot(*zip(*points, strict=True), label=f"train {k}")
+            points = [(r["step"], r[f"eval_{k}"]) for r in rows if f"eval_{k}" in r]
+            if points:
+                ax2.plot(*zip(*points, strict=True), "o--", label=f"eval {k}")
+        ax2.set_xlabel("optimizer step")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     path = run_dir / "loss.png"
     fig.savefig(path, dpi=110)
