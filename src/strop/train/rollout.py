@@ -1,0 +1,149 @@
+"""Rollout engine shared by the online RL stages (grpo, ppo): batched sampling with a KV cache.
+
+What it does that plain ``model.generate(num_return_sequences=G)`` does not:
+- each prompt is prefilled **once**, then its KV cache is repeated for the G completions of
+  its group (generate expands the inputs first and prefills every copy);
+- the LM head runs on the last position only during prefill;
+- finished completions leave the batch: their rows are dropped from the KV cache, so late
+  decode steps compute only the completions still running;
+- the log-prob of every sampled token, log softmax(logits / T)[token], is returned with it
+  (T = 1 when greedy): the "old policy" log-probs of PPO/GRPO come for free.
+Sampling draws from its own ``torch.Generator``: the trainer's global RNG is untouched, and a
+rollout is reproducible from (weights, prompts, seed).
+
+The policy samples with the weights it trains (same module, eval mode): never stale weights.
+An external engine (vLLM) would plug in behind ``sample`` with weights synced each step; it is
+not implemented here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """Completions in group order: prompt i's G completions are rows i*G .. i*G+G-1."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # the stop token, when one was sampled, included
+    logps: list[list[float]]  # per completion token, log softmax(logits / T)[token]
+    finished: list[bool]  # ended with a stop token (else cut at max_new_tokens)
+    stats: dict = field(default_factory=dict)
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [B], log-probs [B] under softmax(logits / T)) from logits [B, V] (fp32).
+    top_p restricts the draw to the smallest set of tokens holding top_p of the mass; the
+    returned log-prob is still that of the full tempered distribution (what training
+    recomputes)."""
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+        return tokens, logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
+    logp = (logits / temperature).log_softmax(-1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # mass before this token > top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return tokens, logp.gather(1, tokens[:, None])[:, 0]
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: list[list[int]],
+    group_size: int,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> Rollout:
+    """``group_size`` completions for every prompt (token ids, no padding)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ids, mask = _left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    # One prefill per prompt; the group's completions share it.
+    cache.batch_repeat_interleave(group_size)
+    logits = out.logits[:, -1].float().repeat_interleave(group_size, 0)
+    mask = mask.repeat_interleave(group_size, 0)
+    next_pos = positions[:, -1].repeat_interleave(group_size, 0) + 1
+    n = len(prompts) * group_size
+    active = torch.arange(n, device=device)  # which completions the batch rows are
+    tokens_out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logps_out = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    prefill_s, steps = time.perf_counter() - t0, 0
+    for t in range(max_new_tokens):
+        tok, lp = sample_tokens(logits, temperature, top_p, gen)
+        tokens_out[active, t], logps_out[active, t] = tok, lp
+        lengths[active] = t + 1
+        done = torch.isin(tok, stops)
+        finished[active] = done
+        steps += 1
+        if t + 1 == max_new_tokens or bool(done.all()):
+            break
+        if bool(done.any()):  # finished completions leave the batch and the cache
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    model.train(was_training)
+    lengths_l, toks, lps = lengths.tolist(), tokens_out.tolist(), logps_out.tolist()
+    return Rollout(
+        prompt_ids=[list(p) for p in prompts for _ in range(group_size)],
+        completion_ids=[toks[i][: lengths_l[i]] for i in range(n)],
+        logps=[lps[i][: lengths_l[i]] for i in range(n)],
+        finished=finished.tolist(),
+        stats={
+            "seconds": time.perf_counter() - t0,
+            "prefill_seconds": prefill_s,
+            "decode_steps": steps,
+            "new_tokens": int(lengths.sum()),
+        },
+    )
