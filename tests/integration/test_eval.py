@@ -181,3 +181,39 @@ def test_cli_writes_report_and_exits_2_on_bad_key(tmp_path, tiny_llama_dir):
     assert bad.returncode == 2
     assert "cfg.yaml: unknown key 'tasks.0.max_new_tokenz'; did you mean" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_preference_task_scores_held_out_pairs(tmp_path):
+    """Per-pair margins equal an independent computation: each conversation alone through the
+    plain transformers forward, full logits, log_softmax at the response tokens."""
+    from strop.data.render import IGNORE
+    from strop.data.validate import load_records
+    from strop.eval.runner import run_eval
+    from strop.models.load import load_model
+    from tests.helpers import write_preference_jsonl
+
+    pairs = write_preference_jsonl(tmp_path / "pairs.jsonl", n=7, seed=4)
+    raw = {
+        "models": {"a": {"model": "tiny-llama", "dtype": "fp32"}},
+        "output_dir": str(tmp_path / "out"),
+        "tasks": [{"name": "pref", "type": "preference", "data": str(pairs), "batch_size": 3}],
+    }
+    out = run_eval(load_eval_config(None, raw=raw), log=lambda *a: None)
+    got = json.loads((out / "results.json").read_text())["tasks"]["pref"]["results"]["a"]
+    model, tok, _ = load_model("tiny-llama", "fp32")
+    from strop.data.pairs import tokenize_response
+
+    want = []
+    for rec in load_records(pairs, kind="preference").records:
+        logp = []
+        for side in (rec.chosen, rec.rejected):
+            s = tokenize_response(tok, rec.messages, side, rec.origin)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([s.input_ids])).logits[0, :-1]
+            y = torch.tensor(s.labels[1:])
+            keep = y != IGNORE
+            lp = logits.log_softmax(-1)[keep].gather(1, y[keep][:, None]).sum()
+            logp.append(lp.item())
+        want.append(logp[0] - logp[1])
+    assert got["margin"]["scores"] == pytest.approx(want, abs=1e-3)
+    assert got["accuracy"]["scores"] == [float(m > 0) for m in got["margin"]["scores"]]

@@ -25,9 +25,9 @@ class ModelSpec(Section):
 
 class TaskSpec(Section):
     name: str
-    type: Literal["generation", "perplexity", "multiple_choice"]
+    type: Literal["generation", "perplexity", "multiple_choice", "preference"]
     data: str | list[str]
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"] = "auto"
     kind: Literal["chat", "text"] = "chat"
     """perplexity: chat (loss on the turns chosen by ``mask``) or text (loss on every token)."""
     limit: int | None = Field(None, ge=1)
@@ -64,10 +64,11 @@ class TaskSpec(Section):
                 )
             if self.shots and not self.dev:
                 raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
-        if self.type == "perplexity" and self.metrics is not None:
+        if self.type in ("perplexity", "preference") and self.metrics is not None:
             raise ValueError(
-                f"task {self.name!r}: metrics: perplexity tasks always report loss, ppl and "
-                "bits_per_byte; remove the key"
+                f"task {self.name!r}: metrics: {self.type} tasks always report a fixed set "
+                "(perplexity: loss, ppl, bits_per_byte; preference: accuracy, margin, "
+                "margin_per_token); remove the key"
             )
         if self.type == "generation" and self.kind == "text":
             raise ValueError(f"task {self.name!r}: kind: generation needs chat data")

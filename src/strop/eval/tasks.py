@@ -49,6 +49,8 @@ def load_examples(task: TaskSpec) -> list:
         return load_mc_examples(task)
 
     kind = "text" if task.kind == "text" else "chat"
+    if task.type == "preference":
+        kind = "preference"
     records = load_records(task.data, task.format, kind=kind, max_bad_fraction=0.0).records
     return records[: task.limit] if task.limit else records
 
@@ -182,9 +184,16 @@ def run_multiple_choice(model, tokenizer, task: TaskSpec, examples: list, seed: 
     return run(model, tokenizer, task, examples, seed)
 
 
+def run_preference(model, tokenizer, task: TaskSpec, examples: list, seed: int):
+    from strop.eval.preference import run_preference as run
+
+    return run(model, tokenizer, task, examples, seed)
+
+
 TaskFn = Callable[..., TaskOutput]
 TASKS: dict[str, TaskFn] = {
     "generation": run_generation,
     "perplexity": run_perplexity,
     "multiple_choice": run_multiple_choice,
+    "preference": run_preference,
 }
