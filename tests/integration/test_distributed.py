@@ -169,3 +169,25 @@ def test_a_failing_rank_ends_the_launch_instead_of_hanging(tmp_path):
     code, _, err = launch([*torchrun(2), str(script)], timeout=90)
     assert code is not None, "hung: a failing rank waited in teardown's barrier"
     assert code != 0 and "boom on rank 1" in err
+
+
+def test_dpo_one_process_equals_two_ddp_ranks(tmp_path):
+    """Pairs are the unit: each rank's loss sum is divided by the global pair count, and the
+    precomputed reference is the same on every rank; metrics are reduced over ranks too."""
+    from tests.helpers import write_preference_jsonl
+
+    data = write_preference_jsonl(tmp_path / "pairs.jsonl", n=16)
+    cfg = write_config(tmp_path / "dpo.yaml", data)
+    cfg.write_text(cfg.read_text().replace("stage: sft", "stage: dpo"))
+    runs = {}
+    for mode, nproc, bs in (("none", 1, 2 * B), ("ddp", 2, B)):
+        out = tmp_path / mode
+        overrides = [f"train.output_dir={out}", f"train.batch_size={bs}"]
+        if mode != "none":
+            overrides.append(f"train.distributed={mode}")
+        run_train(cfg, overrides, nproc=nproc)
+        runs[mode] = metrics(out)
+    assert_steps_close(runs["none"], runs["ddp"])
+    for a, b in zip(runs["none"], runs["ddp"], strict=True):
+        assert a["rewards/margin"] == pytest.approx(b["rewards/margin"], rel=1e-4, abs=1e-6)
+    assert_weights_close(final_weights(tmp_path / "none"), final_weights(tmp_path / "ddp"))
