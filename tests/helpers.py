@@ -115,3 +115,21 @@ def tiny_config(out: Path, data_path: Path, **sections) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+def check_golden(name: str, got: list[dict], keys: tuple[str, ...], rel: float = 1e-5) -> None:
+    """Compare a trajectory with tests/golden/<name>.json (``tokens`` exactly, ``keys`` to
+    ``rel``); STROP_REGEN_GOLDEN=1 rewrites the file instead (say why in the commit)."""
+    import os
+
+    import pytest
+
+    path = Path(__file__).parent / "golden" / f"{name}.json"
+    if os.environ.get("STROP_REGEN_GOLDEN"):
+        path.write_text(json.dumps(got, indent=1) + "\n")
+    want = json.loads(path.read_text())
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g["tokens"] == w["tokens"], g["step"]
+        for k in keys:
+            assert g[k] == pytest.approx(w[k], rel=rel, abs=1e-7), (g["step"], k)

@@ -68,25 +68,35 @@ def _row(first: Sample, second: Sample, values: dict[str, float]) -> Row:
     )
 
 
+def _two_document_rows(tokenizer, records, max_length, truncation, documents) -> tuple:
+    """Rows of two documents: ``documents(i, record) -> (first, second, values)``. A row whose
+    first or second document loses its targets to truncation is dropped and counted."""
+    ensure_chat_template(tokenizer)
+    rows, stats = [], PairStats()
+    for i, rec in enumerate(records):
+        first, second, values = documents(i, rec)
+        first = _fit(first, max_length, truncation, stats)
+        second = _fit(second, max_length, truncation, stats) if first else None
+        if first is not None and second is not None:
+            rows.append(_row(first, second, values))
+    stats.rows = len(rows)
+    stats.tokens = sum(len(r.input_ids) for r in rows)
+    return rows, stats
+
+
 def preference_rows(
     tokenizer, records: list[Record], max_length: int, truncation: str = "right"
 ) -> tuple[list[Row], PairStats]:
     """One row per pair: [chosen, rejected]; ``values`` holds the optional reward margin."""
-    ensure_chat_template(tokenizer)
-    rows, stats = [], PairStats()
-    for rec in records:
-        chosen = tokenize_response(tokenizer, rec.messages, rec.chosen, f"{rec.origin}:chosen")
-        rejected = tokenize_response(
-            tokenizer, rec.messages, rec.rejected, f"{rec.origin}:rejected"
+
+    def documents(i: int, rec: Record):
+        return (
+            tokenize_response(tokenizer, rec.messages, rec.chosen, f"{rec.origin}:chosen"),
+            tokenize_response(tokenizer, rec.messages, rec.rejected, f"{rec.origin}:rejected"),
+            {"margin": float(rec.meta.get("margin", 0.0))},
         )
-        chosen = _fit(chosen, max_length, truncation, stats)
-        rejected = _fit(rejected, max_length, truncation, stats) if chosen else None
-        if chosen is None or rejected is None:
-            continue
-        rows.append(_row(chosen, rejected, {"margin": float(rec.meta.get("margin", 0.0))}))
-    stats.rows = len(rows)
-    stats.tokens = sum(len(r.input_ids) for r in rows)
-    return rows, stats
+
+    return _two_document_rows(tokenizer, records, max_length, truncation, documents)
 
 
 def kto_rows(
@@ -94,19 +104,13 @@ def kto_rows(
 ) -> tuple[list[Row], PairStats]:
     """One row per example: [prompt_i + completion_i, prompt_i + completion_(i+1)], with
     ``values = {"label": 1.0 desirable | 0.0 undesirable}``."""
-    ensure_chat_template(tokenizer)
-    rows, stats = [], PairStats()
-    for i, rec in enumerate(records):
+
+    def documents(i: int, rec: Record):
         other = records[(i + 1) % len(records)]
-        own = tokenize_response(tokenizer, rec.messages, rec.completion, rec.origin)
-        mismatched = tokenize_response(
-            tokenizer, rec.messages, other.completion, f"{rec.origin}:kl"
+        return (
+            tokenize_response(tokenizer, rec.messages, rec.completion, rec.origin),
+            tokenize_response(tokenizer, rec.messages, other.completion, f"{rec.origin}:kl"),
+            {"label": float(rec.label)},
         )
-        own = _fit(own, max_length, truncation, stats)
-        mismatched = _fit(mismatched, max_length, truncation, stats) if own else None
-        if own is None or mismatched is None:
-            continue
-        rows.append(_row(own, mismatched, {"label": float(rec.label)}))
-    stats.rows = len(rows)
-    stats.tokens = sum(len(r.input_ids) for r in rows)
-    return rows, stats
+
+    return _two_document_rows(tokenizer, records, max_length, truncation, documents)
