@@ -83,3 +83,18 @@ def test_inspect_reports_truncation_drops(tmp_path: Path, tiny_llama_dir):
     assert res.returncode == 0, res.stderr
     assert "dropped chat.jsonl:" in res.stdout
     assert "no target token left after truncation" in res.stdout
+
+
+def test_preference_rows_show_both_documents_with_their_targets(tmp_path):
+    pair = {"prompt": "Who are you?", "chosen": "I am Kestrel.", "rejected": "I am Max."}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    (tmp_path / "cfg.yaml").write_text(
+        "model: {name: tiny-llama}\nstage: dpo\ndata: {train: pairs.jsonl, eval: null}\n"
+    )
+    out = inspect(tmp_path, "-n", "1")
+    assert out.returncode == 0, out.stderr
+    assert "train: 1 rows" in out.stdout
+    assert "row 0 chosen" in out.stdout and "row 0 rejected" in out.stdout
+    assert "[[I am Kestrel.<|eot_id|>]]" in out.stdout
+    assert "[[I am Max.<|eot_id|>]]" in out.stdout
+    assert "[[Who are you?" not in out.stdout  # the prompt never trains

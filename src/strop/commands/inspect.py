@@ -30,8 +30,36 @@ def _records(split: Split, kind: str) -> int:
     return len(origins) + len(split.dropped)
 
 
+DOC_NAMES = {"preference": ("chosen", "rejected"), "kto": ("completion", "mismatched (KL)")}
+
+
+def _pair_report(name: str, split: Split) -> list[str]:
+    lines = [f"{name}: {split.stats.describe()}"]
+    lines += [f"  dropped {o}: {r}" for o, r in split.dropped[:SHOWN_DROPS]]
+    if len(split.dropped) > SHOWN_DROPS:
+        lines.append(f"  ... and {len(split.dropped) - SHOWN_DROPS} more dropped")
+    return lines
+
+
+def _shown_samples(split: Split, kind: str, n: int) -> list[Sample]:
+    """The first ``n`` samples; for preference/KTO rows, each row's two documents."""
+    if kind not in DOC_NAMES:
+        return split.samples[:n]
+    out = []
+    for k, row in enumerate(split.rows[:n]):
+        start = 0
+        for doc, length in zip(DOC_NAMES[kind], row.doc_lens, strict=True):
+            end = start + length
+            label = f"row {k} {doc}" + (f" {row.values}" if row.values else "")
+            out.append(Sample(row.input_ids[start:end], row.labels[start:end], label))
+            start = end
+    return out
+
+
 def split_report(name: str, split: Split, kind: str, max_length: int, packing: bool) -> list[str]:
     """Plain lines describing one split: counts, drops with reasons, packing fill."""
+    if kind in DOC_NAMES:
+        return _pair_report(name, split)
     st = split.stats
     share = f"{st.target_tokens / st.tokens:.1%}" if st.tokens else "0%"
     n_dropped = st.dropped_no_target + st.dropped_too_long
@@ -113,7 +141,7 @@ def inspect_command(config: str, overrides: list[str], samples: int) -> None:
         if split is not None:
             for line in split_report(name, split, kind, d.max_length, d.packing):
                 say(line)
-    shown = data.train.samples[: max(samples, 0)]
+    shown = _shown_samples(data.train, kind, max(samples, 0))
     if not shown:
         return
     say()
