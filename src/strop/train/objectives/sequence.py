@@ -96,6 +96,21 @@ class SequenceObjective(nn.Module):
         if self.mode == "adapter_off":
             _check_adapter_only(model)
 
+    def load_reference_model(self, cfg, device) -> None:
+        """reference: model: ``reference_model`` (default the policy's base), frozen."""
+        from strop.hub import resolve_model
+        from strop.models.load import load_model, load_tokenizer
+
+        name = self.section.reference_model or cfg.model.name
+        reference, ref_tok, _ = load_model(name, cfg.model.dtype, attn=cfg.model.attn)
+        if ref_tok.get_vocab() != load_tokenizer(resolve_model(cfg.model.name)).get_vocab():
+            # another vocabulary: its log-probs of the policy's token ids would mean nothing
+            raise StropError(
+                f"reference_model: {name} has another tokenizer than model.name "
+                f"{cfg.model.name}; the reference must share the policy's tokenizer"
+            )
+        self.set_reference_model(reference.to(device))
+
     def set_reference_model(self, reference: nn.Module) -> None:
         reference.eval().requires_grad_(False)
         self._reference = [reference]
