@@ -26,7 +26,9 @@ class DataSection(Section):
     """Training file(s): .jsonl .json .csv .parquet."""
     eval: float | str | None = 0.1
     """A fraction of train held out (deterministic by seed), a path, or null."""
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference", "kto"] = "auto"
+    format: Literal[
+        "auto", "alpaca", "sharegpt", "messages", "text", "preference", "kto", "prompt"
+    ] = "auto"
     text_field: str = "text"
     max_length: int = Field(1024, ge=8)
     packing: bool = True
@@ -120,6 +122,42 @@ class RMSection(Section):
     """Centering regulariser c * (r_chosen + r_rejected)^2 (e.g. 0.01)."""
 
 
+class RewardSpec(Section):
+    name: str
+    """A registered reward (strop.train.rewards.REWARDS) or ``module:function``."""
+    weight: float = 1.0
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the function (e.g. ``field``, ``pattern``, ``path``)."""
+
+
+class GRPOSection(Section):
+    group_size: int = Field(8, ge=2)
+    """Completions sampled per prompt; advantages are normalised within each group."""
+    beta: float = Field(0.04, ge=0)
+    """Weight of the k3 KL penalty to the reference (0: no reference is kept or scored)."""
+    rewards: list[RewardSpec | str] = Field(default_factory=list)
+    """Reward functions, summed with their weights: names or {name, weight, args}."""
+    max_new_tokens: int = Field(256, ge=1)
+    num_iterations: int = Field(1, ge=1)
+    """Optimizer steps per batch of rollouts (> 1: importance ratios vs the sampling policy)."""
+    aggregation: Literal["sequence_mean", "token_mean", "dr_grpo"] = "sequence_mean"
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std (Dr. GRPO: false)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal (zero advantage; DAPO), without refilling."""
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    epsilon: float = Field(0.2, gt=0)
+    epsilon_high: float | None = Field(None, gt=0)
+    """Upper clip range (DAPO clip-higher); default ``epsilon``."""
+    reference: Literal["auto", "model", "adapter_off"] = "auto"
+    """auto: adapter_off for adapter methods, else a frozen copy of the base (model)."""
+    reference_model: str | None = None
+
+    def reward_specs(self) -> list[RewardSpec]:
+        return [RewardSpec(name=r) if isinstance(r, str) else r for r in self.rewards]
+
+
 class Config(Section):
     model: ModelSection = ModelSection()
     stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "ppo", "grpo"] = "sft"
@@ -132,9 +170,12 @@ class Config(Section):
     orpo: ORPOSection = ORPOSection()
     kto: KTOSection = KTOSection()
     rm: RMSection = RMSection()
+    grpo: GRPOSection = GRPOSection()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:
         if not self.data.train:
             raise ValueError("data.train: required (path to the training file)")
+        if self.stage == "grpo" and not self.grpo.rewards:
+            raise ValueError("grpo.rewards: stage grpo needs at least one reward function")
         return self

@@ -10,6 +10,7 @@ import torch
 from strop.config.schema import DataSection
 from strop.data.batching import Row, pack, unpacked
 from strop.data.pairs import PairStats, kto_rows, preference_rows
+from strop.data.prompts import prompt_rows
 from strop.data.records import Record
 from strop.data.render import Sample, TokenizeStats, tokenize_records
 from strop.errors import StropError
@@ -24,8 +25,9 @@ STAGE_KIND = {
     "simpo": "preference",
     "orpo": "preference",
     "kto": "kto",
+    "grpo": "prompt",
 }
-ROW_BUILDERS = {"preference": preference_rows, "kto": kto_rows}
+ROW_BUILDERS = {"preference": preference_rows, "kto": kto_rows, "prompt": prompt_rows}
 
 
 @dataclass

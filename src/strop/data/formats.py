@@ -173,7 +173,7 @@ CHAT_FORMATS: dict[str, Callable[[dict[str, Any]], tuple[Turns, set[str]]]] = {
     "sharegpt": from_sharegpt,
     "alpaca": from_alpaca,
 }
-FORMATS = (*CHAT_FORMATS, "text", "preference", "kto")
+FORMATS = (*CHAT_FORMATS, "text", "preference", "kto", "prompt")
 
 
 def _check_turns(turns: Turns, kind: str) -> None:
@@ -201,12 +201,13 @@ def to_record(
     joining their message contents with "\\n\\n" (roles are not rendered: pre-training sees only
     the words). All chat checks except "has an assistant turn" still apply.
     """
-    if kind in ("preference", "kto"):
+    if kind in ("preference", "kto", "prompt"):
         from strop.data.preference_formats import PAIR_FORMATS
+        from strop.data.prompts import from_prompt
 
         if fmt != kind:
             raise RowProblem(f"format {fmt} has no {kind} layout")
-        return PAIR_FORMATS[kind](row, origin)
+        return {**PAIR_FORMATS, "prompt": from_prompt}[kind](row, origin)
     if fmt == "text":
         if kind == "chat":
             raise RowProblem("format text has no conversation; use stage pt")
@@ -239,6 +240,8 @@ def classify(row: dict[str, Any], text_field: str = "text") -> str | None:
         return "alpaca"
     if text_field in keys:
         return "text"
+    if "prompt" in keys:
+        return "prompt"
     return None
 
 
@@ -248,10 +251,12 @@ KIND_FORMATS = {
     "text": ("messages", "sharegpt", "alpaca", "text"),
     "preference": ("preference",),
     "kto": ("kto",),
+    "prompt": ("prompt",),
 }
 LAYOUT_NAMES = {
     "preference": "preference pairs (prompt/chosen/rejected)",
     "kto": "KTO rows (prompt/completion/label)",
+    "prompt": "prompt rows (prompt + the fields rewards read)",
 }
 
 REFUSED = {
@@ -259,6 +264,7 @@ REFUSED = {
     "on; use a preference stage (rm, dpo, orpo, simpo)",
     "kto": "looks like KTO data (completion/label), which stage sft does not train on; "
     "use stage kto",
+    "prompt": "looks like prompt-only data (no answers to train on); use stage grpo",
 }
 
 

@@ -88,6 +88,8 @@ class _Signals:
 def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: int) -> dict:
     """Mean loss per unit (target token, pair, example) and the objective's metrics over the
     eval rows, all ranks; perplexity for token-level objectives."""
+    if hasattr(objective, "evaluate_rows"):  # online RL: score greedy completions
+        return objective.evaluate_rows(rows)
     module.eval()
     sums = _Sums(d.device)
     mine, bs = rows[d.rank :: d.world], cfg.train.batch_size
@@ -154,16 +156,15 @@ def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
     return max(1, math.ceil(cfg.train.epochs * sampler.steps_per_epoch))
 
 
-def _step_batches(
-    objective, rows, indices, cfg: Config, pad_id: int, device
-) -> tuple[list, torch.Tensor]:
-    """This rank's micro-batches of one optimizer step and their counts [loss units, target
-    tokens]."""
-    bs = cfg.train.batch_size
+def _step_batches(objective, rows, cfg: Config, pad_id: int, device) -> tuple[list, torch.Tensor]:
+    """This rank's ``grad_accum`` micro-batches of one optimizer step's rows and their counts
+    [loss units, target tokens]. Rows number batch_size x grad_accum, unless an objective's
+    rollout made them (e.g. group_size completions per prompt)."""
+    bs = math.ceil(len(rows) / cfg.train.grad_accum)
     doc_attn = cfg.model.attn == "sdpa"  # see strop.models.attention
     batches = [
-        _to(objective.collate([rows[j] for j in indices[i : i + bs]], pad_id, doc_attn), device)
-        for i in range(0, len(indices), bs)
+        _to(objective.collate(rows[i : i + bs], pad_id, doc_attn), device)
+        for i in range(0, len(rows), bs)
     ]
     counts = [
         (objective.units(b), (b["labels"][:, 1:] != IGNORE).sum()) for b in batches
@@ -242,6 +243,8 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     warmup = warmup_steps(cfg.train, total_steps)
     ckpt_root = run_dir / "checkpoints"
     state = _resume(cfg, ckpt_root, module, optimizer, sampler, d, log)
+    if "rollout" in state:
+        objective.load_rollout_state(state["rollout"])
     pad_id = tokenizer.pad_token_id
     logger = MetricsLogger(
         run_dir,
@@ -257,6 +260,8 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
 
     def save(step: int) -> None:
         state["sampler"] = sampler.state_dict()
+        if hasattr(objective, "rollout_state"):  # rollouts an unfinished update cycle reuses
+            state["rollout"] = objective.rollout_state()
         checkpoint.save_checkpoint(ckpt_root, step, module, optimizer, state, cfg.train.keep_last)
 
     module.train()
@@ -269,9 +274,10 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 logger.close()
                 raise Interrupted(state["step"], signals.signum or signal.SIGTERM)
             step = state["step"]
-            batches, n_local = _step_batches(
-                objective, rows, sampler.next_step(), cfg, pad_id, d.device
-            )
+            take = lambda: [rows[j] for j in sampler.next_step()]  # noqa: E731
+            # Online RL objectives sample completions for (some of) the step's rows here.
+            step_rows = objective.rollout(take, step) if hasattr(objective, "rollout") else take()
+            batches, n_local = _step_batches(objective, step_rows, cfg, pad_id, d.device)
             n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
             loss, metrics = _forward_backward(module, batches, n_global, cfg, d)
             max_norm = cfg.train.max_grad_norm or float("inf")
@@ -296,6 +302,7 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 "tokens": state["tokens"],
                 "nan_skips": state["nan_skips"],
                 **metrics,
+                **getattr(objective, "step_metrics", {}),
             }
             history.append(record)
             logger.step(record, cfg.train.log_every, last=step + 1 == total_steps)

@@ -22,6 +22,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+from strop.data.batching import Row
+from strop.data.render import IGNORE
+from strop.train.lm_loss import linear_token_logps
 
 
 @dataclass
@@ -147,3 +152,46 @@ def sample(
             "new_tokens": int(lengths.sum()),
         },
     )
+
+
+@dataclass
+class RolloutRow(Row):
+    """A sampled completion as a training row: prompt + completion, targets on the completion;
+    ``values["adv"]`` its advantage; per completion token the sampler's and the reference's
+    log-probs."""
+
+    old_logps: list[float] = field(default_factory=list)
+    ref_logps: list[float] = field(default_factory=list)
+
+
+def completion_logps(model: nn.Module, batch: dict, chunk: int, temperature: float):
+    """log softmax(logits / T)[token] at every target position [N] (T = 1 when greedy), with
+    the LM head applied at target positions only, chunked (strop.train.lm_loss)."""
+    # here, not at the top: strop.train.objectives imports this module
+    from strop.train.objectives.causal_lm import _has_logit_transform, causal_lm_of
+    from strop.train.objectives.sequence import decoder_hidden
+
+    lm = causal_lm_of(model)
+    hidden = decoder_hidden(model, batch)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    h, y = hidden[:, :-1][keep], targets[keep]  # [N, d], [N]
+    t = temperature or 1.0
+    head = lm.get_output_embeddings()
+    if isinstance(head, nn.Linear) and head.bias is None and not _has_logit_transform(lm):
+        return linear_token_logps(h, head.weight if t == 1.0 else head.weight / t, y, chunk)
+    parts = [
+        (head(h[s : s + chunk]).float() / t).log_softmax(-1).gather(1, y[s : s + chunk, None])[:, 0]
+        for s in range(0, len(y), chunk)
+    ]
+    return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+
+
+def padded(values: torch.Tensor, docs: torch.Tensor, n_rows: int):
+    """Flat per-token values [N] (rows in order) -> ([n_rows, T], mask [n_rows, T])."""
+    counts = torch.bincount(docs, minlength=n_rows)
+    pos = torch.arange(len(docs), device=docs.device) - (counts.cumsum(0) - counts)[docs]
+    width = max(int(counts.max()), 1) if len(docs) else 1
+    out = values.new_zeros(n_rows, width).index_put((docs, pos), values)
+    mask = values.new_zeros(n_rows, width).index_put((docs, pos), torch.ones_like(values))
+    return out, mask

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from strop.train.objectives.causal_lm import CausalLMObjective
 from strop.train.objectives.dpo import DPOObjective
+from strop.train.objectives.grpo import GRPOObjective
 from strop.train.objectives.kto import KTOObjective
 from strop.train.objectives.orpo import ORPOObjective
 from strop.train.objectives.rm import RewardObjective
@@ -25,4 +26,5 @@ OBJECTIVES = {
     "orpo": ORPOObjective,
     "kto": KTOObjective,
     "rm": RewardObjective,
+    "grpo": GRPOObjective,  # samples its own completions through the loop's rollout hook
 }
