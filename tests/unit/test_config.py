@@ -78,6 +78,6 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path):
 
 
 def test_stage_without_an_objective_is_refused_up_front():
-    assert "stage: 'grpo' is not implemented yet (available: pt, sft, dpo" in _err(
-        overrides=["stage=grpo"]
+    assert "stage: 'ppo' is not implemented yet (available: pt, sft, dpo" in _err(
+        overrides=["stage=ppo"]
     )
