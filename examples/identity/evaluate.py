@@ -4,7 +4,7 @@
 
 On the held-out, differently phrased identity questions: the mean log-probability margin
 log p(chosen) - log p(rejected) and the preference accuracy, base vs tuned; the share of
-greedy answers that give the new name. On general prompts (no identity involved): the base
+greedy answers (to the first 16 held-out questions) that give the new name. On general prompts (no identity involved): the base
 model's own greedy answers scored per token under both models (a drift measure: DPO should
 barely move it) and the tuned model's answers, printed for a look.
 """
@@ -76,7 +76,7 @@ def main() -> None:
         model, tok, _ = load_model("smollm2-135m-instruct", "fp32", adapter=adapter)
         model.eval()
         m = margins(model, tok, records)
-        said = generate(model, tok, questions, params)
+        said = generate(model, tok, questions[:16], params)
         answers[name] = generate(model, tok, general, params)
         results[name] = {
             "held-out margin (mean log p chosen - log p rejected)": round(m.mean().item(), 2),

@@ -199,3 +199,9 @@ def test_golden_trajectory(tmp_path, case):
     check_golden(case, got, tuple(k for k in keys if k != "tokens"))
     assert len(got) == 12
     assert got[-1]["loss"] < got[0]["loss"]
+
+
+def test_a_reference_with_another_vocabulary_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, dpo={"reference": "model", "reference_model": "tiny-qwen2"})
+    with pytest.raises(StropError, match="reference must share the policy's tokenizer"):
+        train(cfg)

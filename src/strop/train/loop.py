@@ -26,6 +26,7 @@ from strop.models.load import frozen_linears_to, load_model, use_bf16_autocast
 from strop.models.transforms import count_trainable, parse_method
 from strop.train import artifacts, checkpoint, distributed
 from strop.train.logger import MetricsLogger
+from strop.train.loss_sums import LossSums
 from strop.train.objectives import OBJECTIVES
 from strop.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps
 
@@ -91,7 +92,7 @@ def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: 
     if hasattr(objective, "evaluate_rows"):  # online RL: score greedy completions
         return objective.evaluate_rows(rows)
     module.eval()
-    sums = _Sums(d.device)
+    sums = LossSums(d.device)
     mine, bs = rows[d.rank :: d.world], cfg.train.batch_size
     # Every rank runs the same number of forwards (FSDP2 all-gathers weights in each); a rank
     # out of rows runs one on a row without targets, which adds nothing to the sums.
@@ -109,39 +110,6 @@ def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: 
     if getattr(objective, "perplexity", False):
         result["eval_ppl"] = math.exp(min(loss, 50.0))
     return result
-
-
-class _Sums:
-    """Loss, unit count and metric sums over micro-batches, reduced over ranks in one place.
-
-    A metric ``k`` is averaged per unit, unless the objective also reports ``k#n``: then it
-    is ``sum(k) / sum(k#n)`` (e.g. a reward averaged over desirable examples only)."""
-
-    def __init__(self, device):
-        self.device = device
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.units = torch.zeros((), dtype=torch.float64, device=device)
-        self.metrics: dict[str, torch.Tensor] = {}
-
-    def add(self, out: dict) -> None:
-        self.loss += out["loss_sum"].detach().double()
-        self.units += out["units"].double()
-        for k, v in out.get("metrics", {}).items():
-            self.metrics[k] = self.metrics.get(k, 0) + v.detach().double()
-
-    def reduce(self, d, n_global: torch.Tensor | None = None) -> tuple[float, dict]:
-        """(loss per unit, metrics); ``n_global``: the step's unit count, already summed."""
-        n = (d.all_sum(self.units.clone()) if n_global is None else n_global).clamp(min=1)
-        loss = (d.all_sum(self.loss) / n).item()
-        totals = {
-            k: d.all_sum(torch.as_tensor(v, device=self.device)) for k, v in self.metrics.items()
-        }
-        metrics = {
-            k: (v / (totals[f"{k}#n"].clamp(min=1) if f"{k}#n" in totals else n)).item()
-            for k, v in sorted(totals.items())
-            if not k.endswith("#n")
-        }
-        return loss, metrics
 
 
 def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
@@ -329,7 +297,7 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
 def _forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> tuple:
     """Accumulate gradients of one optimizer step; returns its loss per unit (target token,
     pair or example) and the objective's metrics averaged the same way."""
-    sums = _Sums(d.device)
+    sums = LossSums(d.device)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         sync = module.no_sync() if (d.mode == "ddp" and not last) else contextlib.nullcontext()
@@ -346,10 +314,8 @@ def _prepare_reference(objective, cfg: Config, data, pad_id: int, d, log) -> Non
     any update: the initial policy scores the data (precompute), or a frozen copy loads."""
     mode = getattr(objective, "mode", None)
     if mode == "model":
-        section = objective.section
-        ref, _, _ = load_model(section.reference_model or cfg.model.name, cfg.model.dtype)
-        objective.set_reference_model(ref.to(d.device))
-        log(f"reference: {section.reference_model or cfg.model.name}, frozen, in memory")
+        objective.load_reference_model(cfg, d.device)
+        log(f"reference: {objective.section.reference_model or cfg.model.name}, frozen")
     elif mode == "precompute":
         doc_attn = cfg.model.attn == "sdpa"
         for split in filter(None, (data.train, data.eval)):
