@@ -5,13 +5,15 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from strop.config.schema import Config
 from strop.errors import StropError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def apply_override(tree: dict, override: str) -> None:
@@ -112,6 +114,15 @@ def read_yaml_tree(path: str | Path | None, raw: dict | None = None) -> tuple[di
     return tree, str(path)
 
 
+def validate_tree(model: type[M], tree: dict, source: str) -> M:
+    """``model.model_validate(tree)``, with a validation error turned into the one-sentence
+    StropError every strop config reports (key named, closest valid key suggested)."""
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise StropError(format_validation_error(exc, source, model)) from None
+
+
 def load_config(
     path: str | Path | None, overrides: list[str] = (), raw: dict | None = None
 ) -> Config:
@@ -119,10 +130,7 @@ def load_config(
     tree, source = read_yaml_tree(path, raw)
     for ov in overrides:
         apply_override(tree, ov)
-    try:
-        cfg = Config.model_validate(tree)
-    except ValidationError as exc:
-        raise StropError(format_validation_error(exc, source, Config)) from None
+    cfg = validate_tree(Config, tree, source)
     from strop.models.transforms import validate_method_params
     from strop.train.objectives import OBJECTIVES
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from strop.config.load import apply_override, format_validation_error, read_yaml_tree
+from strop.config.load import apply_override, read_yaml_tree, validate_tree
 from strop.config.schema import Section
 from strop.errors import StropError
 
@@ -133,10 +133,7 @@ def load_eval_config(
     tree, source = read_yaml_tree(path, raw)
     for ov in overrides:
         _apply_eval_override(tree, ov)
-    try:
-        cfg = EvalConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise StropError(format_validation_error(exc, source, EvalConfig)) from None
+    cfg = validate_tree(EvalConfig, tree, source)
     _check_paths(cfg, source)
     return cfg
 

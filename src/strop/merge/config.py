@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from strop.config.load import apply_override, format_validation_error, read_yaml_tree
+from strop.config.load import apply_override, read_yaml_tree, validate_tree
 from strop.config.schema import Section
 from strop.errors import StropError
 from strop.eval.config import TaskSpec
@@ -196,10 +196,7 @@ def apply_merge_override(tree: dict, override: str) -> None:
 
 
 def validate_merge_tree(tree: dict, source: str) -> MergeConfig:
-    try:
-        return MergeConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise StropError(format_validation_error(exc, source, MergeConfig)) from None
+    return validate_tree(MergeConfig, tree, source)
 
 
 def load_merge_config(

@@ -9,7 +9,13 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator
 
-from strop.config.load import apply_override, closest, format_validation_error, read_yaml_tree
+from strop.config.load import (
+    apply_override,
+    closest,
+    format_validation_error,
+    read_yaml_tree,
+    validate_tree,
+)
 from strop.config.schema import Section
 from strop.errors import StropError
 
@@ -128,10 +134,7 @@ def load_prepare_config(
     tree, source = read_yaml_tree(path, raw)
     for ov in overrides:
         _apply_prepare_override(tree, ov)
-    try:
-        cfg = PrepareConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise StropError(format_validation_error(exc, source, PrepareConfig)) from None
+    cfg = validate_tree(PrepareConfig, tree, source)
     steps = cfg.step_params(source)
     for spec in cfg.inputs:
         if not Path(spec.path).exists():
