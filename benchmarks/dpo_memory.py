@@ -39,12 +39,13 @@ import platform
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import weakref
 from pathlib import Path
+
+from throughput_common import run_worker  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -604,47 +605,20 @@ def worker(args) -> None:
 
 
 def _spawn(args, variant: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        variant,
-        "--worker-out",
-        out,
-        "--data",
-        args.data,
-        "--model",
-        args.model,
-        "--pairs",
-        str(args.pairs),
-        "--seq-len",
-        str(args.seq_len),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--precision",
-        args.precision,
-        "--loss-chunk",
-        str(args.loss_chunk),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-    ] + (["--no-track"] if args.no_track else [])
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
-    wall = time.perf_counter() - t0
-    try:
-        if proc.returncode != 0:
-            return {"error": f"exit {proc.returncode} (its traceback is above)"}
-        res = json.loads(Path(out).read_text())
-        res["process_wall_s"] = wall
-        return res
-    finally:
-        Path(out).unlink(missing_ok=True)
+    flags = {
+        "--data": args.data,
+        "--model": args.model,
+        "--pairs": args.pairs,
+        "--seq-len": args.seq_len,
+        "--steps": args.steps,
+        "--warmup": args.warmup,
+        "--precision": args.precision,
+        "--loss-chunk": args.loss_chunk,
+        "--seed": args.seed,
+        "--threads": args.threads,
+        "--no-track": args.no_track,
+    }
+    return run_worker(__file__, variant, flags, show_stderr=True)
 
 
 def _compare_grads(a: dict, b: dict) -> dict | None:

@@ -131,3 +131,36 @@ def _result(args, method, shape, times, stats, losses, timing) -> dict:
         "peak_rss_mib": peak_rss_mib(),
         **shape,
     }
+
+
+def run_worker(script: str, worker: str, flags: dict, show_stderr: bool = False) -> dict:
+    """Run ``script --worker WORKER --worker-out TMP --flag value ...`` in a fresh process (so
+    its peak memory is its own) and return the JSON it wrote, plus ``process_wall_s``; or
+    ``{"error": ...}``. ``flags``: option -> value (True adds a bare flag, False/None skips).
+    ``show_stderr`` streams the worker's stderr (progress, tracebacks) instead of capturing it."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [sys.executable, script, "--worker", worker, "--worker-out", out]
+    for flag, value in flags.items():
+        if value is True:
+            cmd.append(flag)
+        elif value not in (False, None):
+            cmd += [flag, str(value)]
+    t0 = time.perf_counter()
+    stderr = None if show_stderr else subprocess.PIPE
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    wall = time.perf_counter() - t0
+    try:
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-8:]
+            detail = " | ".join(tail) if tail else "its traceback is above"
+            return {"error": f"exit {proc.returncode}: {detail}"}
+        res = json.loads(Path(out).read_text())
+        res["process_wall_s"] = wall
+        return res
+    finally:
+        Path(out).unlink(missing_ok=True)

@@ -20,9 +20,7 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from throughput_common import (
     FLOPS_FORMULA,
     RESULTS,
     measure_peak,
+    run_worker,
 )
 from throughput_runners import run_plain, run_strop, run_trl
 
@@ -54,44 +53,17 @@ def worker(args) -> None:
 
 
 def _spawn(args, config: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        config,
-        "--worker-out",
-        out,
-        "--model",
-        args.model,
-        "--precision",
-        args.precision,
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--batch-size",
-        str(args.batch_size),
-        "--max-length",
-        str(args.max_length),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-    ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    try:
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
-            return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-        res = json.loads(Path(out).read_text())
-        res["process_wall_s"] = wall
-        return res
-    finally:
-        Path(out).unlink(missing_ok=True)
+    flags = {
+        "--model": args.model,
+        "--precision": args.precision,
+        "--steps": args.steps,
+        "--warmup": args.warmup,
+        "--batch-size": args.batch_size,
+        "--max-length": args.max_length,
+        "--seed": args.seed,
+        "--threads": args.threads,
+    }
+    return run_worker(__file__, config, flags)
 
 
 def _ratio(results: dict, a: str, b: str) -> float | None:
