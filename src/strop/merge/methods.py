@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -206,13 +206,13 @@ def dare_drop(tau: Tensor, density: float, generator: torch.Generator) -> Tensor
 
 def _dare_taus(
     base: Tensor, thetas: Sequence[Tensor], densities: Sequence[float], seed: int, name: str
-) -> list[Tensor]:
+) -> Iterator[Tensor]:
+    """The DARE-dropped, rescaled task vectors, one at a time (a generator: callers that can
+    fold them in as they come never hold all of them)."""
     b = base.float()
-    out = []
     for i, (theta, d) in enumerate(zip(thetas, densities, strict=True)):
         g = torch.Generator().manual_seed(dare_mask_seed(seed, name, i))
-        out.append(_dare_drop_(theta.float() - b, d, g))
-    return out
+        yield _dare_drop_(theta.float() - b, d, g)
 
 
 def dare_linear(
@@ -226,9 +226,8 @@ def dare_linear(
     """DARE then task arithmetic: θ = θ_b + Σ wᵢ τ̃ᵢ."""
     b = base.float()
     out = b.clone()
-    for i, (w, theta, d) in enumerate(zip(weights, thetas, densities, strict=True)):
-        g = torch.Generator().manual_seed(dare_mask_seed(seed, name, i))
-        out.add_(_dare_drop_(theta.float() - b, d, g), alpha=w)  # one task vector at a time
+    for w, tau in zip(weights, _dare_taus(b, thetas, densities, seed, name), strict=True):
+        out.add_(tau, alpha=w)  # one task vector at a time
     return out
 
 
@@ -244,7 +243,7 @@ def dare_ties(
     """DARE then TIES's sign election and disjoint mean (in place of TIES's magnitude trim):
     θ = θ_b + λ · disjoint_mean(τ̃, sgn Σ wᵢτ̃ᵢ)."""
     b = base.float()
-    return _sign_merge(b, _dare_taus(b, thetas, densities, seed, name), weights, scale)
+    return _sign_merge(b, list(_dare_taus(b, thetas, densities, seed, name)), weights, scale)
 
 
 # ---- the registry: each entry adapts a pure function to the per-tensor call --------------
