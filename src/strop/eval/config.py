@@ -3,6 +3,7 @@ training config: an unknown key is an error that names it and suggests the close
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,21 @@ from strop.config.load import apply_override, read_yaml_tree, validate_tree
 from strop.config.schema import Section
 from strop.errors import StropError
 
-GENERATION_METRICS = ("exact_match", "token_f1", "json_fields")
+GENERATION_METRICS = ("exact_match", "token_f1", "json_fields", "rouge", "bleu", "chrf")
+GenerationMetric = Literal["exact_match", "token_f1", "json_fields", "rouge", "bleu", "chrf"]
+
+# Keys that belong to some task types only: setting one on another type is an error naming it.
+TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "dev": ("multiple_choice",),
+    "shots": ("multiple_choice",),
+    "score": ("multiple_choice",),
+    "chat_template": ("multiple_choice",),
+    "n_samples": ("generation",),
+    "pass_at_k": ("generation",),
+    "pass_check": ("generation",),
+    "pass_pattern": ("generation",),
+    "bleu_tokenize": ("generation",),
+}
 
 
 class ModelSpec(Section):
@@ -32,7 +47,7 @@ class TaskSpec(Section):
     """perplexity: chat (loss on the turns chosen by ``mask``) or text (loss on every token)."""
     limit: int | None = Field(None, ge=1)
     """Use only the first N examples."""
-    metrics: list[Literal["exact_match", "token_f1", "json_fields"]] | None = None
+    metrics: list[GenerationMetric] | None = None
     """generation only; default exact_match and token_f1."""
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0)
@@ -48,14 +63,25 @@ class TaskSpec(Section):
     """multiple_choice: score the continuation " A" (letter) or " <choice text>" (text)."""
     chat_template: bool = False
     """multiple_choice: wrap the prompt in the model's chat template."""
+    n_samples: int = Field(1, ge=1)
+    """generation: completions sampled per prompt (> 1 needs temperature > 0)."""
+    pass_at_k: list[int] | None = None
+    """generation: report pass@k for these k (each <= n_samples)."""
+    pass_check: Literal["exact_match", "json_valid", "regex"] = "exact_match"
+    """generation: when a sample counts as correct for pass@k."""
+    pass_pattern: str | None = None
+    """generation: the regular expression for ``pass_check: regex`` (re.search)."""
+    bleu_tokenize: Literal["13a", "intl", "zh", "char", "none"] = "13a"
+    """generation: sacrebleu's BLEU tokenizer (zh for Chinese references)."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
-        mc_keys = {"dev", "shots", "score", "chat_template"} & self.model_fields_set
-        if self.type != "multiple_choice" and mc_keys:
-            raise ValueError(
-                f"task {self.name!r}: {', '.join(sorted(mc_keys))}: multiple_choice tasks only"
-            )
+        for key in sorted(self.model_fields_set):
+            types = TYPE_KEYS.get(key)
+            if types and self.type not in types:
+                raise ValueError(f"task {self.name!r}: {key}: {' / '.join(types)} tasks only")
+        if self.type == "generation":
+            self._check_generation()
         if self.type == "multiple_choice":
             if self.metrics is not None:
                 raise ValueError(
@@ -75,6 +101,28 @@ class TaskSpec(Section):
         if self.type == "generation" and self.metrics is None:
             self.metrics = ["exact_match", "token_f1"]
         return self
+
+    def _check_generation(self) -> None:
+        where = f"task {self.name!r}"
+        if self.n_samples > 1 and self.temperature == 0:
+            raise ValueError(
+                f"{where}: n_samples: {self.n_samples} samples need temperature > 0 (greedy "
+                "decoding gives the same answer every time)"
+            )
+        for k in self.pass_at_k or []:
+            if not 1 <= k <= self.n_samples:
+                raise ValueError(
+                    f"{where}: pass_at_k: k={k} needs 1 <= k <= n_samples ({self.n_samples})"
+                )
+        if self.pass_check == "regex":
+            if not self.pass_pattern:
+                raise ValueError(f"{where}: pass_pattern: pass_check regex needs a pattern")
+            try:
+                re.compile(self.pass_pattern)
+            except re.error as exc:
+                raise ValueError(f"{where}: pass_pattern: not a valid regex ({exc})") from None
+        elif self.pass_pattern is not None:
+            raise ValueError(f"{where}: pass_pattern: only used with pass_check: regex")
 
 
 class EvalConfig(Section):

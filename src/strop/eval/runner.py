@@ -16,7 +16,7 @@ import yaml
 
 from strop.eval.config import EvalConfig, TaskSpec
 from strop.eval.stats import paired_bootstrap
-from strop.eval.tasks import TASKS, TaskOutput, load_examples
+from strop.eval.tasks import TASKS, MetricScores, TaskOutput, load_examples
 
 
 def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
@@ -32,7 +32,14 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
             "stop": list(task.stop),
             "batch_size": task.batch_size,
             "decoding": "greedy" if task.temperature == 0 else "sampled",
+            "n_samples": task.n_samples,
         }
+        if task.pass_at_k:
+            s["pass_at_k"] = {"k": task.pass_at_k, "check": task.pass_check}
+            if task.pass_pattern:
+                s["pass_at_k"]["pattern"] = task.pass_pattern
+        if "bleu" in task.metrics:
+            s["bleu_tokenize"] = task.bleu_tokenize
     elif task.type == "multiple_choice":
         s["chat_template"] = task.chat_template
         s.update(dev=task.dev, shots=task.shots, score=task.score, max_length=task.max_length)
@@ -71,6 +78,24 @@ def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, 
     return examples, outputs
 
 
+def metric_delta(base: MetricScores, cand: MetricScores, cfg: EvalConfig) -> dict:
+    """Paired-bootstrap delta of one metric, candidate minus baseline."""
+    if cand.reduce:  # corpus metric: resample the examples' statistics
+        d = paired_bootstrap(
+            base.stats, cand.stats, reduce=cand.reduce, resamples=cfg.bootstrap, seed=cfg.seed
+        )
+        return d.as_dict()
+    return paired_bootstrap(
+        base.scores,
+        cand.scores,
+        weights=base.weights,
+        candidate_weights=cand.weights,
+        transform=cand.transform,
+        resamples=cfg.bootstrap,
+        seed=cfg.seed,
+    ).as_dict()
+
+
 def build_results(cfg: EvalConfig, examples: dict, outputs: dict) -> dict:
     base = cfg.baseline
     tasks = {}
@@ -84,6 +109,7 @@ def build_results(cfg: EvalConfig, examples: dict, outputs: dict) -> dict:
                     "scores": m.scores,
                     **({"weights": m.weights} if m.weights is not None else {}),
                     **({"transform": m.transform} if m.transform != "identity" else {}),
+                    **({"reduce": m.reduce, "stats": m.stats} if m.reduce else {}),
                 }
                 for metric, m in out.metrics.items()
             }
@@ -94,15 +120,7 @@ def build_results(cfg: EvalConfig, examples: dict, outputs: dict) -> dict:
             if model == base:
                 continue
             deltas[model] = {
-                metric: paired_bootstrap(
-                    per_model[base].metrics[metric].scores,
-                    m.scores,
-                    weights=per_model[base].metrics[metric].weights,
-                    candidate_weights=m.weights,
-                    transform=m.transform,
-                    resamples=cfg.bootstrap,
-                    seed=cfg.seed,
-                ).as_dict()
+                metric: metric_delta(per_model[base].metrics[metric], m, cfg)
                 for metric, m in out.metrics.items()
             }
         tasks[task.name] = {

@@ -9,6 +9,10 @@ the two columns share, which makes the interval far tighter than two independent
 A metric is a weighted mean of per-example scores, optionally passed through a transform:
 plain accuracy is ``weights=None``; mean loss per token weights each example's mean loss by its
 token count (a ratio estimator: sum of losses / sum of tokens); perplexity is ``exp`` of that.
+
+Corpus metrics (BLEU, chrF) are not means: each example carries a vector of sufficient
+statistics (n-gram counts), the metric is a function (a ``REDUCERS`` entry) of their sum, and a
+resample sums the resampled examples' vectors before applying it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,25 @@ import numpy as np
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
     "exp": np.exp,
+}
+
+
+def _corpus_bleu(total: np.ndarray) -> float:
+    from strop.eval.text_metrics import corpus_bleu
+
+    return corpus_bleu(total)
+
+
+def _corpus_chrf(total: np.ndarray) -> float:
+    from strop.eval.text_metrics import corpus_chrf
+
+    return corpus_chrf(total)
+
+
+# Corpus metrics: summed per-example statistics -> metric value.
+REDUCERS: dict[str, Callable[[np.ndarray], float]] = {
+    "bleu": _corpus_bleu,
+    "chrf": _corpus_chrf,
 }
 
 
@@ -56,6 +79,27 @@ def aggregate(
     return float(TRANSFORMS[transform](np.float64(mean)))
 
 
+def reduce_stats(stats: Sequence[Sequence[float]], reduce: str) -> float:
+    """A corpus metric over all examples: ``REDUCERS[reduce]`` of the summed statistics."""
+    s = np.asarray(stats, dtype=np.float64)
+    if s.size == 0:
+        return math.nan
+    return float(REDUCERS[reduce](s.sum(axis=0)))
+
+
+def _resampled_stats(s: np.ndarray, idx: np.ndarray, reduce: str) -> np.ndarray:
+    # s: [n, d] statistics, idx: [R, n] -> [R] metric values. Counting how often each example
+    # is drawn ([R, n] @ [n, d]) avoids materialising an [R, n, d] tensor.
+    out = np.empty(idx.shape[0])
+    for start in range(0, idx.shape[0], 128):
+        part = idx[start : start + 128]
+        counts = np.zeros((part.shape[0], s.shape[0]))
+        np.add.at(counts, (np.arange(part.shape[0])[:, None], part), 1.0)
+        for r, total in enumerate(counts @ s):
+            out[start + r] = REDUCERS[reduce](total)
+    return out
+
+
 def _resampled(s: np.ndarray, w: np.ndarray, idx: np.ndarray, transform: str) -> np.ndarray:
     # idx: [R, n] example indices -> [R] metric values
     ws = w[idx]
@@ -74,12 +118,17 @@ def paired_bootstrap(
     resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    reduce: str | None = None,
 ) -> Delta:
     """Delta of ``candidate`` over ``baseline`` with a percentile bootstrap CI.
 
     ``weights`` are per-example weights (e.g. target tokens); ``candidate_weights`` default to
-    them (the same tokenizer gives the same counts; a different one may not).
+    them (the same tokenizer gives the same counts; a different one may not). With ``reduce``
+    the two score lists are per-example statistic vectors and the metric is the reducer of
+    their sum (corpus BLEU / chrF).
     """
+    if reduce is not None:
+        return _paired_corpus(baseline, candidate, reduce, resamples, seed, confidence)
     a = np.asarray(baseline, dtype=np.float64)
     b = np.asarray(candidate, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -95,6 +144,29 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples, n))
     diffs = _resampled(b, wb, idx, transform) - _resampled(a, wa, idx, transform)
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return Delta(delta, math.nan, math.nan, resamples, confidence)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(diffs, [tail, 100 - tail])
+    return Delta(float(delta), float(lo), float(hi), resamples, confidence)
+
+
+def _paired_corpus(baseline, candidate, reduce: str, resamples: int, seed: int, confidence: float):
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(candidate, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(
+            f"paired corpus bootstrap needs two [n, d] statistics arrays, got {a.shape} and "
+            f"{b.shape}"
+        )
+    n = a.shape[0]
+    if n == 0:
+        return Delta(math.nan, math.nan, math.nan, 0, confidence)
+    delta = reduce_stats(b, reduce) - reduce_stats(a, reduce)
+    rng = np.random.default_rng(seed)  # the same draws as the mean path for the same seed
+    idx = rng.integers(0, n, size=(resamples, n))
+    diffs = _resampled_stats(b, idx, reduce) - _resampled_stats(a, idx, reduce)
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
         return Delta(delta, math.nan, math.nan, resamples, confidence)

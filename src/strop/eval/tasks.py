@@ -20,16 +20,22 @@ from strop.eval.config import TaskSpec
 
 @dataclass
 class MetricScores:
-    """One metric on one model: ``transform(sum(w * s) / sum(w))`` over examples."""
+    """One metric on one model: ``transform(sum(w * s) / sum(w))`` over examples, or, for a
+    corpus metric (``reduce`` set), ``REDUCERS[reduce](sum of per-example stats)``; ``scores``
+    then holds each example's sentence-level score, for reading only."""
 
     scores: list[float]
     weights: list[float] | None = None
     transform: str = "identity"
+    stats: list[list[float]] | None = None
+    reduce: str | None = None
 
     @property
     def value(self) -> float:
-        from strop.eval.stats import aggregate
+        from strop.eval.stats import aggregate, reduce_stats
 
+        if self.reduce is not None:
+            return reduce_stats(self.stats, self.reduce)
         return aggregate(self.scores, self.weights, self.transform)
 
 
@@ -98,6 +104,56 @@ def json_fields(prediction: str, reference: str, origin: str) -> dict[str, float
     return {"json_field_accuracy": s.field_accuracy, "json_valid": s.valid_json}
 
 
+def _sample_scores(task: TaskSpec, pred: str, ref: str, origin: str) -> dict[str, float]:
+    """Sentence-level metrics of one sample (corpus statistics are gathered separately)."""
+    from strop.eval.text_metrics import rouge
+
+    row: dict[str, float] = {}
+    if "exact_match" in task.metrics:
+        row["exact_match"] = exact_match(pred, ref)
+    if "token_f1" in task.metrics:
+        row["token_f1"] = token_f1(pred, ref)
+    if "rouge" in task.metrics:
+        row.update(rouge(pred, ref))
+    if "json_fields" in task.metrics:
+        row.update(json_fields(pred, ref, origin))
+    return row
+
+
+CORPUS_METRICS = {"bleu": "bleu_example", "chrf": "chrf_example"}
+
+
+def score_generations(task: TaskSpec, samples: list[list[str]], refs: list[str], origins) -> dict:
+    """Per-example metrics from ``samples[i]`` (the n_samples completions of example i): each
+    sentence metric is the mean over the samples, corpus statistics are summed over them, and
+    pass@k counts the correct samples."""
+    from strop.eval import text_metrics as tm
+
+    out: dict[str, MetricScores] = {}
+
+    def add(name: str, value: float) -> None:
+        out.setdefault(name, MetricScores([])).scores.append(value)
+
+    for preds, ref, origin in zip(samples, refs, origins, strict=True):
+        rows = [_sample_scores(task, p, ref, origin) for p in preds]
+        for key in rows[0]:
+            add(key, sum(r[key] for r in rows) / len(rows))
+        for metric, fn in CORPUS_METRICS.items():
+            if metric not in task.metrics:
+                continue
+            kw = {"tokenize": task.bleu_tokenize} if metric == "bleu" else {}
+            scored = [getattr(tm, fn)(p, ref, **kw) for p in preds]
+            add(metric, sum(sentence for sentence, _ in scored) / len(scored))
+            total = [sum(col) for col in zip(*(st for _, st in scored), strict=True)]
+            m = out[metric]
+            m.reduce, m.stats = metric, [*(m.stats or []), total]
+        if task.pass_at_k:
+            c = sum(tm.sample_passes(p, ref, task.pass_check, task.pass_pattern) for p in preds)
+            for k in task.pass_at_k:
+                add(f"pass@{k}", tm.pass_at_k(len(preds), c, k))
+    return out
+
+
 def run_generation(model, tokenizer, task: TaskSpec, examples: list[Record], seed: int):
     from strop.infer import GenerationParams, generate
 
@@ -110,23 +166,19 @@ def run_generation(model, tokenizer, task: TaskSpec, examples: list[Record], see
         batch_size=task.batch_size,
         seed=seed,
     )
-    preds = generate(model, tokenizer, [p for p, _ in pairs], params)
-    scores: dict[str, list[float]] = {}
-    for rec, pred, (_, ref) in zip(examples, preds, pairs, strict=True):
-        row: dict[str, float] = {}
-        if "exact_match" in task.metrics:
-            row["exact_match"] = exact_match(pred, ref)
-        if "token_f1" in task.metrics:
-            row["token_f1"] = token_f1(pred, ref)
-        if "json_fields" in task.metrics:
-            row.update(json_fields(pred, ref, rec.origin))
-        for k, v in row.items():
-            scores.setdefault(k, []).append(v)
-    predictions = [
-        {"origin": r.origin, "prediction": p, "reference": ref}
-        for r, p, (_, ref) in zip(examples, preds, pairs, strict=True)
-    ]
-    return TaskOutput({k: MetricScores(v) for k, v in scores.items()}, predictions)
+    n = task.n_samples
+    # Each prompt n times in a row: one seeded generate call draws n different samples.
+    flat = generate(model, tokenizer, [p for p, _ in pairs for _ in range(n)], params)
+    samples = [flat[i * n : (i + 1) * n] for i in range(len(pairs))]
+    refs = [ref for _, ref in pairs]
+    metrics = score_generations(task, samples, refs, [r.origin for r in examples])
+    predictions = []
+    for r, s, ref in zip(examples, samples, refs, strict=True):
+        row = {"origin": r.origin, "prediction": s[0], "reference": ref}
+        if n > 1:
+            row["samples"] = s
+        predictions.append(row)
+    return TaskOutput(metrics, predictions)
 
 
 # -- perplexity ---------------------------------------------------------------------------------
