@@ -346,22 +346,23 @@ REWARDS: dict[str, RewardFn] = {
 }
 
 
-def resolve(name: str) -> RewardFn:
-    """A registered name, or ``package.module:function`` for a user's own function."""
+def resolve(name: str, where: str = "grpo.rewards") -> RewardFn:
+    """A registered name, or ``package.module:function`` for a user's own function; errors
+    name the config key ``where``."""
     if name in REWARDS:
         return REWARDS[name]
     if ":" not in name:
         raise StropError(
-            f"grpo.rewards: unknown reward {name!r} (known: {', '.join(REWARDS)}; or give "
+            f"{where}: unknown reward {name!r} (known: {', '.join(REWARDS)}; or give "
             "'module:function')"
         )
     module, _, attr = name.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise StropError(f"grpo.rewards: cannot import {name!r}: {e}") from None
+        raise StropError(f"{where}: cannot import {name!r}: {e}") from None
     if not callable(fn):
-        raise StropError(f"grpo.rewards: {name!r} is not callable")
+        raise StropError(f"{where}: {name!r} is not callable")
     return fn
 
 

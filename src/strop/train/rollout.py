@@ -164,9 +164,13 @@ class RolloutRow(Row):
     ref_logps: list[float] = field(default_factory=list)
 
 
-def completion_logps(model: nn.Module, batch: dict, chunk: int, temperature: float):
+def completion_logps(
+    model: nn.Module, batch: dict, chunk: int, temperature: float, return_hidden: bool = False
+):
     """log softmax(logits / T)[token] at every target position [N] (T = 1 when greedy), with
-    the LM head applied at target positions only, chunked (strop.train.lm_loss)."""
+    the LM head applied at target positions only, chunked (strop.train.lm_loss).
+    ``return_hidden``: also the final hidden states there [N, d] (what a value head reads:
+    the state *before* each completion token, whose logits predict it)."""
     # here, not at the top: strop.train.objectives imports this module
     from strop.train.objectives.causal_lm import _has_logit_transform, causal_lm_of
     from strop.train.objectives.sequence import decoder_hidden
@@ -179,12 +183,14 @@ def completion_logps(model: nn.Module, batch: dict, chunk: int, temperature: flo
     t = temperature or 1.0
     head = lm.get_output_embeddings()
     if isinstance(head, nn.Linear) and head.bias is None and not _has_logit_transform(lm):
-        return linear_token_logps(h, head.weight if t == 1.0 else head.weight / t, y, chunk)
-    parts = [
-        (head(h[s : s + chunk]).float() / t).log_softmax(-1).gather(1, y[s : s + chunk, None])[:, 0]
-        for s in range(0, len(y), chunk)
-    ]
-    return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+        logps = linear_token_logps(h, head.weight if t == 1.0 else head.weight / t, y, chunk)
+    else:
+        parts = [
+            (head(h[s : s + chunk]).float() / t).log_softmax(-1).gather(1, y[s : s + chunk, None])
+            for s in range(0, len(y), chunk)
+        ]
+        logps = torch.cat(parts)[:, 0] if parts else h.new_zeros(0, dtype=torch.float32)
+    return (logps, h) if return_hidden else logps
 
 
 def padded(values: torch.Tensor, docs: torch.Tensor, n_rows: int):

@@ -29,21 +29,14 @@ completion contributes its own A_i, whose group sum is 0: the loss is 0, but its
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import torch
-from torch import nn
 
 from strop.data.batching import collate
 from strop.data.render import IGNORE
-from strop.errors import StropError
-from strop.hub import resolve_model
-from strop.infer import stop_token_ids
-from strop.models.load import load_model, load_tokenizer
+from strop.train.objectives.online import OnlineRLObjective
 from strop.train.objectives.ppo import clipped_surrogate, kl_k3, masked_sum
-from strop.train.objectives.sequence import _check_adapter_only
-from strop.train.rewards import combine, resolve
-from strop.train.rollout import Rollout, RolloutRow, completion_logps, padded, sample
+from strop.train.rollout import RolloutRow, completion_logps, padded
 
 
 def group_advantages(
@@ -111,39 +104,12 @@ def grpo_loss(
 
 
 # ---- the objective ---------------------------------------------------------------------------
-class GRPOObjective(nn.Module):
+class GRPOObjective(OnlineRLObjective):
     """Samples groups through ``rollout`` (the loop's hook), then optimises the clipped
     surrogate on them for ``num_iterations`` optimizer steps."""
 
-    def __init__(self, model: nn.Module, cfg):
-        super().__init__()
-        s = self.section = cfg.grpo
-        self.model, self.loss_chunk, self.seed = model, cfg.train.loss_chunk, cfg.train.seed
-        self.specs = s.reward_specs()
-        for spec in self.specs:
-            resolve(spec.name)  # an unknown reward fails before any model work
-        self.tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-        self.stop_ids = stop_token_ids(model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id
-        auto = "adapter_off" if hasattr(model, "disable_adapter") else "model"
-        self.mode = (auto if s.reference == "auto" else s.reference) if s.beta > 0 else None
-        if self.mode == "adapter_off":
-            _check_adapter_only(model)
-        self._reference: list[nn.Module] = []  # a list: not a submodule, never trained/saved
-        self._buffer: list[RolloutRow] = []
-        self._iteration = 0
-        self.step_metrics: dict[str, float] = {}
-
-    def load_reference_model(self, cfg, device) -> None:
-        """reference: model: ``reference_model`` (default the policy's base), frozen."""
-        name = self.section.reference_model or cfg.model.name
-        reference, ref_tok, _ = load_model(name, cfg.model.dtype, attn=cfg.model.attn)
-        if ref_tok.get_vocab() != self.tokenizer.get_vocab():
-            raise StropError(f"grpo.reference_model: {name} has another tokenizer than model.name")
-        self.set_reference_model(reference.to(device))
-
-    def set_reference_model(self, reference: nn.Module) -> None:
-        self._reference = [reference.eval().requires_grad_(False)]
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg, cfg.grpo, kl_weight=cfg.grpo.beta)
 
     # -- rollouts (called by the loop once per optimizer step) ---------------------------
     def rollout(self, take, step: int) -> list[RolloutRow]:
@@ -152,10 +118,7 @@ class GRPOObjective(nn.Module):
         if self._iteration and self._buffer:
             return self._buffer  # a further update on the same rollouts
         prompts = take()
-        ro = sample(
-            self.model, [p.input_ids for p in prompts], s.group_size, s.max_new_tokens,
-            self.stop_ids, self.pad_id, s.temperature, s.top_p, self.seed * 1_000_003 + step,
-        )  # fmt: skip
+        ro = self._sample(prompts, s.group_size, step)
         t0 = time.perf_counter()
         rewards, each = self._score([p for p in prompts for _ in range(s.group_size)], ro)
         t1 = time.perf_counter()
@@ -171,53 +134,14 @@ class GRPOObjective(nn.Module):
         ]
         if self.mode is not None:
             self._score_reference(rows)
-        lengths = [len(c) for c in ro.completion_ids]
         self.step_metrics = {
-            "reward": r.mean().item(),
-            "reward_std": r.std(unbiased=False).item(),
-            **{f"reward/{k}": sum(v) / len(v) for k, v in each.items()},
-            **{f"reward_std/{k}": torch.tensor(v).std(unbiased=False).item() for k, v in each.items()},
-            "completion_len": sum(lengths) / len(lengths),
-            "completion_len_max": max(lengths),
-            "truncated_fraction": 1 - sum(ro.finished) / len(lengths),
+            **self.rollout_metrics(r, each, ro),
             "zero_adv_groups": sum(zero) / len(zero),
-            "time/generate": ro.stats["seconds"],
             "time/reward": t1 - t0,
             "time/reference": time.perf_counter() - t1,
-        }  # fmt: skip
+        }
         self._buffer = rows
         return rows
-
-    def _score(self, prompts, ro: Rollout) -> tuple[list[float], dict]:
-        texts = [
-            self.tokenizer.decode(c[:-1] if done else c, skip_special_tokens=True)
-            for c, done in zip(ro.completion_ids, ro.finished, strict=True)
-        ]
-        names = sorted({k for p in prompts for k in p.fields})
-        fields = {k: [p.fields.get(k) for p in prompts] for k in names}
-        fields["completion_ids"] = ro.completion_ids
-        return combine(self.specs, [p.messages for p in prompts], texts, fields)
-
-    @torch.no_grad()
-    def _score_reference(self, rows: list[RolloutRow], per_batch: int = 16) -> None:
-        model = self._reference[0] if self.mode == "model" else self.model
-        ctx = self.model.disable_adapter() if self.mode == "adapter_off" else nullcontext()
-        was_training = model.training
-        model.eval()
-        with ctx:
-            for s in range(0, len(rows), per_batch):
-                part = rows[s : s + per_batch]
-                batch = collate(part, self.pad_id, True, with_docs=True)
-                batch = {
-                    k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()
-                }
-                lp = completion_logps(model, batch, self.loss_chunk, self.section.temperature)
-                for r, x in zip(part, lp.split([len(r.old_logps) for r in part]), strict=True):
-                    r.ref_logps = x.tolist()
-        model.train(was_training)
-
-    def _device(self):
-        return next(self.model.parameters()).device
 
     # -- loop interface --------------------------------------------------------------------
     def collate(self, rows, pad_id: int, doc_attention: bool) -> dict:
@@ -256,32 +180,3 @@ class GRPOObjective(nn.Module):
                 "entropy": -masked_sum(lp.detach(), mask), "entropy#n": n,
             },
         }  # fmt: skip
-
-    @torch.no_grad()
-    def evaluate_rows(self, rows) -> dict:
-        """Greedy completions of held-out prompts, scored: eval_reward (eval_loss is its
-        negation, so that lower is better like every other stage's eval loss)."""
-        s, total, each_sum = self.section, [], {}
-        for i in range(0, len(rows), 16):
-            part = rows[i : i + 16]
-            ro = sample(self.model, [p.input_ids for p in part], 1, s.max_new_tokens,
-                        self.stop_ids, self.pad_id, temperature=0.0)  # fmt: skip
-            t, each = self._score(part, ro)
-            total += t
-            for k, v in each.items():
-                each_sum[k] = each_sum.get(k, 0.0) + sum(v)
-        mean = sum(total) / len(total)
-        return {"eval_loss": -mean, "eval_reward": mean,
-                **{f"eval_reward/{k}": v / len(total) for k, v in each_sum.items()}}  # fmt: skip
-
-    # -- resume: the rollouts of an unfinished num_iterations cycle ----------------------------
-    def rollout_state(self) -> dict:
-        rows = [
-            [r.input_ids, r.labels, r.doc_lens, r.values, r.old_logps, r.ref_logps]
-            for r in self._buffer
-        ]
-        return {"buffer": rows, "metrics": self.step_metrics}  # fmt: skip
-
-    def load_rollout_state(self, state: dict) -> None:
-        self._buffer = [RolloutRow(*r) for r in state.get("buffer", [])]
-        self.step_metrics = state.get("metrics", {})
