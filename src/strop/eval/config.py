@@ -21,7 +21,10 @@ TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "dev": ("multiple_choice",),
     "shots": ("multiple_choice",),
     "score": ("multiple_choice",),
-    "chat_template": ("multiple_choice",),
+    "chat_template": ("multiple_choice", "classification"),
+    "labels": ("classification",),
+    "predict": ("classification",),
+    "prompt": ("classification",),
     "n_samples": ("generation",),
     "pass_at_k": ("generation",),
     "pass_check": ("generation",),
@@ -40,7 +43,7 @@ class ModelSpec(Section):
 
 class TaskSpec(Section):
     name: str
-    type: Literal["generation", "perplexity", "multiple_choice", "preference"]
+    type: Literal["generation", "perplexity", "multiple_choice", "preference", "classification"]
     data: str | list[str]
     format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"] = "auto"
     kind: Literal["chat", "text"] = "chat"
@@ -62,7 +65,13 @@ class TaskSpec(Section):
     score: Literal["letter", "text"] = "letter"
     """multiple_choice: score the continuation " A" (letter) or " <choice text>" (text)."""
     chat_template: bool = False
-    """multiple_choice: wrap the prompt in the model's chat template."""
+    """multiple_choice, classification: wrap the prompt in the model's chat template."""
+    labels: list[str] | None = None
+    """classification: the fixed label set (required)."""
+    predict: Literal["loglik", "generation"] = "loglik"
+    """classification: argmax label log-likelihood, or the first label in a generated answer."""
+    prompt: str = "{text}\nLabel:"
+    """classification: the prompt, ``{text}`` replaced by the example's text."""
     n_samples: int = Field(1, ge=1)
     """generation: completions sampled per prompt (> 1 needs temperature > 0)."""
     pass_at_k: list[int] | None = None
@@ -82,6 +91,8 @@ class TaskSpec(Section):
                 raise ValueError(f"task {self.name!r}: {key}: {' / '.join(types)} tasks only")
         if self.type == "generation":
             self._check_generation()
+        if self.type == "classification":
+            self._check_classification()
         if self.type == "multiple_choice":
             if self.metrics is not None:
                 raise ValueError(
@@ -90,17 +101,35 @@ class TaskSpec(Section):
                 )
             if self.shots and not self.dev:
                 raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
-        if self.type in ("perplexity", "preference") and self.metrics is not None:
+        if self.type in ("perplexity", "preference", "classification") and self.metrics is not None:
             raise ValueError(
                 f"task {self.name!r}: metrics: {self.type} tasks always report a fixed set "
                 "(perplexity: loss, ppl, bits_per_byte; preference: accuracy, margin, "
-                "margin_per_token); remove the key"
+                "margin_per_token; classification: accuracy, macro_f1, micro_f1, auc); "
+                "remove the key"
             )
         if self.type == "generation" and self.kind == "text":
             raise ValueError(f"task {self.name!r}: kind: generation needs chat data")
         if self.type == "generation" and self.metrics is None:
             self.metrics = ["exact_match", "token_f1"]
         return self
+
+    def _check_classification(self) -> None:
+        where = f"task {self.name!r}"
+        labels = self.labels or []
+        if len(labels) < 2:
+            raise ValueError(f"{where}: labels: name at least two labels")
+        if any(not lab.strip() for lab in labels) or len(set(labels)) != len(labels):
+            raise ValueError(f"{where}: labels: labels must be non-empty and distinct")
+        try:
+            self.prompt.format(text="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"{where}: prompt: only {{text}} may appear in braces (write {{{{ and }}}} for "
+                f"literal braces): {exc!r}"
+            ) from None
+        if "{text}" not in self.prompt:
+            raise ValueError(f"{where}: prompt: must contain {{text}}")
 
     def _check_generation(self) -> None:
         where = f"task {self.name!r}"

@@ -44,6 +44,16 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
         s["chat_template"] = task.chat_template
         s.update(dev=task.dev, shots=task.shots, score=task.score, max_length=task.max_length)
         s["normalisation"] = "log-likelihood / characters of the continuation"
+    elif task.type == "classification":
+        s.update(labels=task.labels, predict=task.predict, prompt=task.prompt)
+        s.update(chat_template=task.chat_template or task.predict == "generation")
+        if task.predict == "generation":
+            s["generation"] = {
+                "max_new_tokens": task.max_new_tokens,
+                "temperature": task.temperature,
+            }
+        else:
+            s["max_length"] = task.max_length
     else:
         s["chat_template"] = task.kind == "chat"
         s.update(kind=task.kind, mask=task.mask, max_length=task.max_length)

@@ -10,9 +10,10 @@ A metric is a weighted mean of per-example scores, optionally passed through a t
 plain accuracy is ``weights=None``; mean loss per token weights each example's mean loss by its
 token count (a ratio estimator: sum of losses / sum of tokens); perplexity is ``exp`` of that.
 
-Corpus metrics (BLEU, chrF) are not means: each example carries a vector of sufficient
-statistics (n-gram counts), the metric is a function (a ``REDUCERS`` entry) of their sum, and a
-resample sums the resampled examples' vectors before applying it.
+Corpus metrics (BLEU, chrF, F1, AUC) are not means: each example carries a vector of
+statistics (n-gram counts; or gold label, predicted label and label probabilities), the metric
+is a ``REDUCERS`` entry applied to all of them, and a resample applies it with each example
+weighted by how often it was drawn.
 """
 
 from __future__ import annotations
@@ -29,22 +30,36 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _corpus_bleu(total: np.ndarray) -> float:
+def _corpus_bleu(stats: np.ndarray, weights: np.ndarray) -> float:
     from strop.eval.text_metrics import corpus_bleu
 
-    return corpus_bleu(total)
+    return corpus_bleu(weights @ stats)
 
 
-def _corpus_chrf(total: np.ndarray) -> float:
+def _corpus_chrf(stats: np.ndarray, weights: np.ndarray) -> float:
     from strop.eval.text_metrics import corpus_chrf
 
-    return corpus_chrf(total)
+    return corpus_chrf(weights @ stats)
 
 
-# Corpus metrics: summed per-example statistics -> metric value.
-REDUCERS: dict[str, Callable[[np.ndarray], float]] = {
+def _classification(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    def reducer(stats: np.ndarray, weights: np.ndarray) -> float:
+        from strop.eval.classification import CLASSIFICATION_REDUCERS
+
+        return CLASSIFICATION_REDUCERS[name](stats, weights)
+
+    return reducer
+
+
+# Corpus metrics: (per-example statistics [n, d], example multiplicities [n]) -> metric value.
+# A resample passes how often it drew each example, so non-decomposable metrics (F1, AUC) are
+# recomputed on the resampled set as sample-weighted metrics.
+REDUCERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "bleu": _corpus_bleu,
     "chrf": _corpus_chrf,
+    "macro_f1": _classification("macro_f1"),
+    "micro_f1": _classification("micro_f1"),
+    "auc": _classification("auc"),
 }
 
 
@@ -80,24 +95,18 @@ def aggregate(
 
 
 def reduce_stats(stats: Sequence[Sequence[float]], reduce: str) -> float:
-    """A corpus metric over all examples: ``REDUCERS[reduce]`` of the summed statistics."""
+    """A corpus metric over all examples: ``REDUCERS[reduce]`` with every example once."""
     s = np.asarray(stats, dtype=np.float64)
     if s.size == 0:
         return math.nan
-    return float(REDUCERS[reduce](s.sum(axis=0)))
+    return float(REDUCERS[reduce](s, np.ones(s.shape[0])))
 
 
 def _resampled_stats(s: np.ndarray, idx: np.ndarray, reduce: str) -> np.ndarray:
-    # s: [n, d] statistics, idx: [R, n] -> [R] metric values. Counting how often each example
-    # is drawn ([R, n] @ [n, d]) avoids materialising an [R, n, d] tensor.
-    out = np.empty(idx.shape[0])
-    for start in range(0, idx.shape[0], 128):
-        part = idx[start : start + 128]
-        counts = np.zeros((part.shape[0], s.shape[0]))
-        np.add.at(counts, (np.arange(part.shape[0])[:, None], part), 1.0)
-        for r, total in enumerate(counts @ s):
-            out[start + r] = REDUCERS[reduce](total)
-    return out
+    # s: [n, d] statistics, idx: [R, n] -> [R] metric values; each resample is passed as the
+    # number of times it drew each example (no [R, n, d] tensor is built).
+    n = s.shape[0]
+    return np.array([REDUCERS[reduce](s, np.bincount(row, minlength=n)) for row in idx])
 
 
 def _resampled(s: np.ndarray, w: np.ndarray, idx: np.ndarray, transform: str) -> np.ndarray:
@@ -124,8 +133,8 @@ def paired_bootstrap(
 
     ``weights`` are per-example weights (e.g. target tokens); ``candidate_weights`` default to
     them (the same tokenizer gives the same counts; a different one may not). With ``reduce``
-    the two score lists are per-example statistic vectors and the metric is the reducer of
-    their sum (corpus BLEU / chrF).
+    the two score lists are per-example statistic vectors and the metric is ``REDUCERS[reduce]``
+    recomputed on each resample (corpus BLEU / chrF, F1, AUC).
     """
     if reduce is not None:
         return _paired_corpus(baseline, candidate, reduce, resamples, seed, confidence)

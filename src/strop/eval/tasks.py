@@ -53,6 +53,10 @@ def load_examples(task: TaskSpec) -> list:
         from strop.eval.multiple_choice import load_mc_examples
 
         return load_mc_examples(task)
+    if task.type == "classification":
+        from strop.eval.classification import load_classification_examples
+
+        return load_classification_examples(task)
 
     kind = "text" if task.kind == "text" else "chat"
     if task.type == "preference":
@@ -242,10 +246,17 @@ def run_preference(model, tokenizer, task: TaskSpec, examples: list, seed: int):
     return run(model, tokenizer, task, examples, seed)
 
 
+def run_classification(model, tokenizer, task: TaskSpec, examples: list, seed: int):
+    from strop.eval.classification import run_classification as run
+
+    return run(model, tokenizer, task, examples, seed)
+
+
 TaskFn = Callable[..., TaskOutput]
 TASKS: dict[str, TaskFn] = {
     "generation": run_generation,
     "perplexity": run_perplexity,
     "multiple_choice": run_multiple_choice,
     "preference": run_preference,
+    "classification": run_classification,
 }
