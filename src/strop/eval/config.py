@@ -30,6 +30,7 @@ TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "pass_check": ("generation",),
     "pass_pattern": ("generation",),
     "bleu_tokenize": ("generation",),
+    "reward_model": ("reward",),
 }
 
 
@@ -43,7 +44,9 @@ class ModelSpec(Section):
 
 class TaskSpec(Section):
     name: str
-    type: Literal["generation", "perplexity", "multiple_choice", "preference", "classification"]
+    type: Literal[
+        "generation", "perplexity", "multiple_choice", "preference", "classification", "reward"
+    ]
     data: str | list[str]
     format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"] = "auto"
     kind: Literal["chat", "text"] = "chat"
@@ -72,6 +75,9 @@ class TaskSpec(Section):
     """classification: argmax label log-likelihood, or the first label in a generated answer."""
     prompt: str = "{text}\nLabel:"
     """classification: the prompt, ``{text}`` replaced by the example's text."""
+    reward_model: str | None = None
+    """reward: a stage-rm output dir scoring every model's answers; without it, every
+    evaluated model must itself be a stage-rm output, scored on the pairs."""
     n_samples: int = Field(1, ge=1)
     """generation: completions sampled per prompt (> 1 needs temperature > 0)."""
     pass_at_k: list[int] | None = None
@@ -101,12 +107,13 @@ class TaskSpec(Section):
                 )
             if self.shots and not self.dev:
                 raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
-        if self.type in ("perplexity", "preference", "classification") and self.metrics is not None:
+        fixed = ("perplexity", "preference", "classification", "reward")
+        if self.type in fixed and self.metrics is not None:
             raise ValueError(
                 f"task {self.name!r}: metrics: {self.type} tasks always report a fixed set "
                 "(perplexity: loss, ppl, bits_per_byte; preference: accuracy, margin, "
-                "margin_per_token; classification: accuracy, macro_f1, micro_f1, auc); "
-                "remove the key"
+                "margin_per_token; classification: accuracy, macro_f1, micro_f1, auc; reward: "
+                "see docs/eval.md); remove the key"
             )
         if self.type == "generation" and self.kind == "text":
             raise ValueError(f"task {self.name!r}: kind: generation needs chat data")
@@ -198,6 +205,10 @@ def _check_paths(cfg: EvalConfig, source: str) -> None:
                 raise StropError(f"{source}: tasks.{i}.data: file not found: {path}")
         if task.dev is not None and not Path(task.dev).exists():
             raise StropError(f"{source}: tasks.{i}.dev: file not found: {task.dev}")
+        if task.reward_model is not None and not Path(task.reward_model).is_dir():
+            raise StropError(
+                f"{source}: tasks.{i}.reward_model: not a directory: {task.reward_model}"
+            )
     for name, spec in cfg.models.items():
         if spec.adapter is not None and not Path(spec.adapter).is_dir():
             raise StropError(f"{source}: models.{name}.adapter: not a directory: {spec.adapter}")

@@ -16,7 +16,7 @@ import yaml
 
 from strop.eval.config import EvalConfig, TaskSpec
 from strop.eval.stats import paired_bootstrap
-from strop.eval.tasks import TASKS, MetricScores, TaskOutput, load_examples
+from strop.eval.tasks import TASKS, MetricScores, TaskOutput, load_examples, model_kind
 
 
 def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
@@ -44,6 +44,16 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
         s["chat_template"] = task.chat_template
         s.update(dev=task.dev, shots=task.shots, score=task.score, max_length=task.max_length)
         s["normalisation"] = "log-likelihood / characters of the continuation"
+    elif task.type == "reward":
+        s["reward_model"] = task.reward_model or "the evaluated model (a stage-rm output)"
+        if task.reward_model:
+            s["chat_template"] = True
+            s["generation"] = {
+                "max_new_tokens": task.max_new_tokens,
+                "temperature": task.temperature,
+                "top_p": task.top_p,
+                "decoding": "greedy" if task.temperature == 0 else "sampled",
+            }
     elif task.type == "classification":
         s.update(labels=task.labels, predict=task.predict, prompt=task.prompt)
         s.update(chat_template=task.chat_template or task.predict == "generation")
@@ -60,10 +70,16 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
     return s
 
 
-def _load(spec):
-    from strop.models.load import load_model
+def _load(spec, kind: str = "lm"):
+    """A column's model as a causal LM, or (``kind="reward"``) as the stage-rm output it is."""
+    if kind == "reward":
+        from strop.reward import load_reward_model
 
-    model, tok, _ = load_model(spec.model, spec.dtype, spec.adapter)
+        model, tok = load_reward_model(spec.adapter or spec.model, spec.dtype)
+    else:
+        from strop.models.load import load_model
+
+        model, tok, _ = load_model(spec.model, spec.dtype, spec.adapter)
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model, tok
@@ -71,20 +87,27 @@ def _load(spec):
 
 def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, TaskOutput]]]:
     """Run every task on every model; returns (examples per task, outputs[task][model])."""
+    from strop.eval.reward import clear_cache
+
     examples = {t.name: load_examples(t) for t in cfg.tasks}
     outputs: dict[str, dict[str, TaskOutput]] = {t.name: {} for t in cfg.tasks}
     for name, spec in cfg.models.items():
         log(f"model {name}: {spec.model}" + (f" + adapter {spec.adapter}" if spec.adapter else ""))
-        model, tok = _load(spec)
+        loaded: dict[str, tuple] = {}  # loaded lazily, once per kind the tasks need
         for task in cfg.tasks:
+            kind = model_kind(task)
+            if kind not in loaded:
+                loaded[kind] = _load(spec, kind)
+            model, tok = loaded[kind]
             out = TASKS[task.type](model, tok, task, examples[task.name], cfg.seed)
             outputs[task.name][name] = out
             shown = ", ".join(f"{k}={m.value:.4g}" for k, m in out.metrics.items())
             log(f"  {task.name}: {shown}")
-        del model, tok
+        model = tok = loaded = None  # drop every reference before freeing
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    clear_cache()
     return examples, outputs
 
 

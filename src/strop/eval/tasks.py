@@ -59,7 +59,7 @@ def load_examples(task: TaskSpec) -> list:
         return load_classification_examples(task)
 
     kind = "text" if task.kind == "text" else "chat"
-    if task.type == "preference":
+    if task.type in ("preference", "reward"):
         kind = "preference"
     records = load_records(task.data, task.format, kind=kind, max_bad_fraction=0.0).records
     return records[: task.limit] if task.limit else records
@@ -252,6 +252,17 @@ def run_classification(model, tokenizer, task: TaskSpec, examples: list, seed: i
     return run(model, tokenizer, task, examples, seed)
 
 
+def run_reward(model, tokenizer, task: TaskSpec, examples: list, seed: int):
+    from strop.eval.reward import run_reward as run
+
+    return run(model, tokenizer, task, examples, seed)
+
+
+def model_kind(task: TaskSpec) -> str:
+    """How a task needs each evaluated model loaded: ``lm`` (causal LM) or ``reward``."""
+    return "reward" if task.type == "reward" and task.reward_model is None else "lm"
+
+
 TaskFn = Callable[..., TaskOutput]
 TASKS: dict[str, TaskFn] = {
     "generation": run_generation,
@@ -259,4 +270,5 @@ TASKS: dict[str, TaskFn] = {
     "multiple_choice": run_multiple_choice,
     "preference": run_preference,
     "classification": run_classification,
+    "reward": run_reward,
 }
