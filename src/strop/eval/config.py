@@ -53,6 +53,8 @@ class TaskSpec(Section):
     """perplexity: chat (loss on the turns chosen by ``mask``) or text (loss on every token)."""
     limit: int | None = Field(None, ge=1)
     """Use only the first N examples."""
+    general: bool = False
+    """A general-ability task: reported in the "what was lost" section (forgetting)."""
     metrics: list[GenerationMetric] | None = None
     """generation only; default exact_match and token_f1."""
     max_new_tokens: int = Field(128, ge=1)
@@ -171,6 +173,8 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=10)
     """Paired bootstrap resamples for the 95% CIs of deltas."""
     tasks: list[TaskSpec]
+    forgetting: list[str] | None = None
+    """Task names measuring general ability (same as ``general: true`` on each task)."""
 
     @field_validator("models", mode="before")
     @classmethod
@@ -195,6 +199,11 @@ class EvalConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"tasks: duplicate task name(s) {', '.join(dup)}")
+        unknown = [n for n in self.forgetting or [] if n not in names]
+        if unknown:
+            raise ValueError(
+                f"forgetting: {', '.join(unknown)} is not a task name ({', '.join(names)})"
+            )
         return self
 
 

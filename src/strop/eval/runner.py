@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from strop.eval.config import EvalConfig, TaskSpec
+from strop.eval.forgetting import forgetting_summary, general_tasks, render_forgetting
 from strop.eval.stats import paired_bootstrap
 from strop.eval.tasks import TASKS, MetricScores, TaskOutput, load_examples, model_kind
 
@@ -22,6 +23,8 @@ from strop.eval.tasks import TASKS, MetricScores, TaskOutput, load_examples, mod
 def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
     """Everything besides the model that changes a task's scores."""
     s = {"type": task.type, "data": task.data, "limit": task.limit, "n": n, "seed": cfg.seed}
+    if task.general or task.name in (cfg.forgetting or []):
+        s["general"] = True
     if task.type == "generation":
         s["chat_template"] = True
         s["metrics"] = list(task.metrics)
@@ -164,13 +167,16 @@ def build_results(cfg: EvalConfig, examples: dict, outputs: dict) -> dict:
         for model, out in per_model.items():
             for key, value in (out.breakdown or {}).items():
                 tasks[task.name].setdefault(key, {})[model] = value
-    return {
+    results = {
         "baseline": base,
         "models": {k: v.model_dump() for k, v in cfg.models.items()},
         "seed": cfg.seed,
         "bootstrap": cfg.bootstrap,
         "tasks": tasks,
     }
+    if general_tasks(cfg):
+        results["forgetting"] = forgetting_summary(cfg, results)
+    return results
 
 
 def _fmt(x: float) -> str:
@@ -205,6 +211,7 @@ def render_report(cfg: EvalConfig, results: dict) -> str:
                     cell += f" ({_signed(d['delta'])} [{_signed(lo)}, {_signed(hi)}])"
                 cells.append(cell)
             lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    lines += render_forgetting(cfg, results.get("forgetting", {}), _fmt, _signed)
     lines += ["", "## Settings", ""]
     for n, spec in cfg.models.items():
         lines.append(
