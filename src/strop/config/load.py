@@ -131,7 +131,7 @@ def load_config(
     for ov in overrides:
         apply_override(tree, ov)
     cfg = validate_tree(Config, tree, source)
-    from strop.models.transforms import validate_method_params
+    from strop.models.transforms import check_method_fits, validate_method_params
     from strop.train.objectives import OBJECTIVES
 
     if cfg.stage not in OBJECTIVES:
@@ -140,6 +140,7 @@ def load_config(
             f"(available: {', '.join(OBJECTIVES)})"
         )
     validate_method_params(cfg.method, source)
+    check_method_fits(cfg, source)
     return cfg
 
 

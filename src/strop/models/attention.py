@@ -42,6 +42,9 @@ def doc_causal_attention(
         )
     groups = query.shape[1] // key.shape[1]
     p = dropout if module.training else 0.0
+    prefix = key.shape[2] - query.shape[2]
+    if prefix:  # a KV-cache prefix (prefix tuning) that every document of the row sees
+        return _with_prefix(query, key, value, strop_doc_lens, prefix, groups, p, scaling)
     rows = []
     # split/cat rather than slicing into a preallocated output: their backward is one cat/split,
     # where slicing costs a zero-filled full-size gradient per document.
@@ -70,6 +73,39 @@ def doc_causal_attention(
         )
     out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None  # [B, T, H, D] as the sdpa path returns
+
+
+def _with_prefix(query, key, value, doc_lens, prefix: int, groups: int, p: float, scaling):
+    """Each document attends to the first ``prefix`` keys/values (all of them) and causally to
+    its own tokens: a [L, prefix + L] mask per document, never one over the whole row."""
+    rows = []
+    for b, lens in enumerate(doc_lens):
+        pk, pv = key[b : b + 1, :, :prefix], value[b : b + 1, :, :prefix]
+        outs = []
+        docs = zip(
+            query[b : b + 1].split(lens, dim=2),
+            key[b : b + 1, :, prefix:].split(lens, dim=2),
+            value[b : b + 1, :, prefix:].split(lens, dim=2),
+            strict=True,
+        )
+        for q, k, v in docs:
+            n = q.shape[2]
+            allowed = torch.ones(n, prefix + n, dtype=torch.bool, device=q.device)
+            allowed[:, prefix:] = allowed[:, prefix:].tril()
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q,
+                    _repeat_kv(k, groups),
+                    _repeat_kv(v, groups),
+                    attn_mask=allowed,
+                    dropout_p=p,
+                    scale=scaling,
+                )
+            )
+        rows.append(torch.cat(outs, dim=2))
+    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous(), None
 
 
 def register() -> str:

@@ -122,7 +122,11 @@ def apply_adapter(model, adapter_dir: Path):
     cfg = adapter_dir / "adapter_config.json"
     if not cfg.exists():
         raise StropError(f"{adapter_dir}: not an adapter dir (no adapter_config.json)")
-    json.loads(cfg.read_text())  # a malformed file fails here with a clear JSON error
+    config = json.loads(cfg.read_text())  # a malformed file fails here with a clear JSON error
+    from strop.models import prompt_learning
+
+    if prompt_learning.is_prompt_learning_dir(config):  # logits / generation fixes, same files
+        return prompt_learning.load(model, adapter_dir)
     return PeftModel.from_pretrained(model, adapter_dir)
 
 

@@ -12,7 +12,18 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from strop.errors import StropError
-from strop.models.transforms import bitfit, dora, freeze, full, ia3, lora, qlora
+from strop.models.transforms import (
+    bitfit,
+    dora,
+    freeze,
+    full,
+    ia3,
+    lora,
+    prefix,
+    prompt,
+    ptuning,
+    qlora,
+)
 
 
 @dataclass(frozen=True)
@@ -24,7 +35,17 @@ class Transform:
     # (base_dir, dtype, adapter_dir, params, attn) -> (merged model, max |logit diff|) for
     # methods whose merge is not peft's plain merge_and_unload on the base (QLoRA).
     merge: Any = None
+    # Why the method cannot be folded into the base weights (None: it can, or needs no merge).
+    not_mergeable: str | None = None
+    # Stages the method cannot train, with the reason.
+    refused_stages: tuple[tuple[str, ...], str] | None = None
 
+
+# The reward head and the online-RL rollout engine call the decoder without the virtual tokens.
+PROMPT_LEARNING_STAGES = (
+    ("rm", "ppo", "grpo"),
+    "the reward head and the RL rollout engine run the decoder without virtual tokens",
+)
 
 TRANSFORMS: dict[str, Transform] = {
     "full": Transform(full.FullParams, full.apply, is_adapter=False),
@@ -35,6 +56,27 @@ TRANSFORMS: dict[str, Transform] = {
     "ia3": Transform(ia3.IA3Params, ia3.apply, is_adapter=True),
     "qlora": Transform(
         qlora.QloraParams, qlora.apply, True, qlora.lr_multipliers, qlora.merged_model
+    ),
+    "prompt": Transform(
+        prompt.PromptParams,
+        prompt.apply,
+        is_adapter=True,
+        not_mergeable="its virtual tokens are extra inputs, not a change to any weight",
+        refused_stages=PROMPT_LEARNING_STAGES,
+    ),
+    "prefix": Transform(
+        prefix.PrefixParams,
+        prefix.apply,
+        is_adapter=True,
+        not_mergeable="its key/value prefix is extra attention context, not a weight change",
+        refused_stages=PROMPT_LEARNING_STAGES,
+    ),
+    "ptuning": Transform(
+        ptuning.PtuningParams,
+        ptuning.apply,
+        is_adapter=True,
+        not_mergeable="its virtual tokens / deep prompts are extra inputs, not a weight change",
+        refused_stages=PROMPT_LEARNING_STAGES,
     ),
 }
 
@@ -64,6 +106,41 @@ def parse_method(method: dict[str, Any], source: str = "config") -> tuple[Transf
 
 def validate_method_params(method: dict[str, Any], source: str = "config") -> None:
     parse_method(method, source)
+
+
+def check_method_fits(cfg, source: str = "config") -> None:
+    """Refuse, before any training, a method combined with settings it cannot honour."""
+    name = cfg.method["name"]
+    transform, params = parse_method(cfg.method, source)
+    if cfg.train.save_merged and transform.not_mergeable:
+        raise StropError(
+            f"{source}: train.save_merged: method {name} cannot be merged into the base weights "
+            f"({transform.not_mergeable}); set train.save_merged: false"
+        )
+    if transform.refused_stages and cfg.stage in transform.refused_stages[0]:
+        raise StropError(
+            f"{source}: stage: method {name} cannot train stage {cfg.stage} "
+            f"({transform.refused_stages[1]})"
+        )
+    if name in ("prompt", "prefix", "ptuning"):
+        _check_prompt_learning(cfg, params, source)
+
+
+def _check_prompt_learning(cfg, params, source: str) -> None:
+    name = cfg.method["name"]
+    if cfg.data.packing and cfg.model.attn != "sdpa":
+        raise StropError(
+            f"{source}: data.packing: method {name} gives every packed document its own virtual "
+            "tokens through strop's per-document attention, which needs model.attn: sdpa; "
+            "set model.attn: sdpa or data.packing: false"
+        )
+    kv_prefix = name == "prefix" or (name == "ptuning" and params.deep)
+    if kv_prefix and cfg.train.gradient_checkpointing:
+        raise StropError(
+            f"{source}: train.gradient_checkpointing: method {name} puts its prefix in the "
+            "key/value cache, which transformers drops inside checkpointed layers; set "
+            "train.gradient_checkpointing: false"
+        )
 
 
 def count_trainable(model) -> tuple[int, int]:

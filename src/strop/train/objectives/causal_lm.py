@@ -14,6 +14,7 @@ from torch import nn
 
 from strop.data.batching import collate
 from strop.data.render import IGNORE
+from strop.models.prompt_learning import decoder_hidden
 from strop.train.lm_loss import linear_cross_entropy_sum
 
 
@@ -43,10 +44,11 @@ class CausalLMObjective(nn.Module):
         self, input_ids, labels, attention_mask=None, position_ids=None, strop_doc_lens=None
     ) -> dict:
         lm = causal_lm_of(self.model)
-        extra = {"strop_doc_lens": strop_doc_lens} if strop_doc_lens is not None else {}
-        hidden = lm.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra
-        ).last_hidden_state  # [B, T, d]
+        # The decoder alone (no full-vocabulary logits); prompt-learning adapters add their
+        # virtual tokens per document there (strop.models.prompt_learning).
+        hidden = decoder_hidden(
+            self.model, input_ids, attention_mask, position_ids, strop_doc_lens
+        )  # [B, T, d]
         # Position t predicts token t+1; only positions whose next token is a target matter.
         targets = labels[:, 1:]
         keep = targets != IGNORE

@@ -31,14 +31,15 @@ REFERENCE_MODES = ("precompute", "model", "adapter_off")
 
 def decoder_hidden(model: nn.Module, batch: dict) -> torch.Tensor:
     """Last hidden states [B, T, d] of the causal LM inside ``model`` (PEFT-wrapped or not)."""
-    lm = causal_lm_of(model)
-    extra = {"strop_doc_lens": batch["strop_doc_lens"]} if batch.get("strop_doc_lens") else {}
-    return lm.get_decoder()(
-        input_ids=batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-        **extra,
-    ).last_hidden_state
+    from strop.models.prompt_learning import decoder_hidden as hidden_of  # virtual tokens too
+
+    return hidden_of(
+        model,
+        batch["input_ids"],
+        batch.get("attention_mask"),
+        batch.get("position_ids"),
+        batch.get("strop_doc_lens") or None,
+    )
 
 
 def target_logps(model: nn.Module, batch: dict, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
