@@ -21,7 +21,9 @@ TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "dev": ("multiple_choice",),
     "shots": ("multiple_choice",),
     "score": ("multiple_choice",),
-    "chat_template": ("multiple_choice", "classification"),
+    "chat_template": ("multiple_choice", "classification", "judge"),
+    "judge": ("judge",),
+    "judge_adapter": ("judge",),
     "labels": ("classification",),
     "predict": ("classification",),
     "prompt": ("classification",),
@@ -45,7 +47,13 @@ class ModelSpec(Section):
 class TaskSpec(Section):
     name: str
     type: Literal[
-        "generation", "perplexity", "multiple_choice", "preference", "classification", "reward"
+        "generation",
+        "perplexity",
+        "multiple_choice",
+        "preference",
+        "classification",
+        "reward",
+        "judge",
     ]
     data: str | list[str]
     format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"] = "auto"
@@ -80,6 +88,10 @@ class TaskSpec(Section):
     reward_model: str | None = None
     """reward: a stage-rm output dir scoring every model's answers; without it, every
     evaluated model must itself be a stage-rm output, scored on the pairs."""
+    judge: str | None = None
+    """judge: the judge model (a known name, HF dir or .gguf), required."""
+    judge_adapter: str | None = None
+    """judge: a PEFT adapter dir applied to the judge."""
     n_samples: int = Field(1, ge=1)
     """generation: completions sampled per prompt (> 1 needs temperature > 0)."""
     pass_at_k: list[int] | None = None
@@ -109,7 +121,9 @@ class TaskSpec(Section):
                 )
             if self.shots and not self.dev:
                 raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
-        fixed = ("perplexity", "preference", "classification", "reward")
+        if self.type == "judge" and not self.judge:
+            raise ValueError(f"task {self.name!r}: judge: name the judge model")
+        fixed = ("perplexity", "preference", "classification", "reward", "judge")
         if self.type in fixed and self.metrics is not None:
             raise ValueError(
                 f"task {self.name!r}: metrics: {self.type} tasks always report a fixed set "
@@ -199,6 +213,12 @@ class EvalConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"tasks: duplicate task name(s) {', '.join(dup)}")
+        judged = [t.name for t in self.tasks if t.type == "judge"]
+        if judged and len(self.models) < 2:
+            raise ValueError(
+                f"tasks: judge task {judged[0]!r} compares models with the baseline; name at "
+                "least two models"
+            )
         unknown = [n for n in self.forgetting or [] if n not in names]
         if unknown:
             raise ValueError(
@@ -214,6 +234,10 @@ def _check_paths(cfg: EvalConfig, source: str) -> None:
                 raise StropError(f"{source}: tasks.{i}.data: file not found: {path}")
         if task.dev is not None and not Path(task.dev).exists():
             raise StropError(f"{source}: tasks.{i}.dev: file not found: {task.dev}")
+        if task.judge_adapter is not None and not Path(task.judge_adapter).is_dir():
+            raise StropError(
+                f"{source}: tasks.{i}.judge_adapter: not a directory: {task.judge_adapter}"
+            )
         if task.reward_model is not None and not Path(task.reward_model).is_dir():
             raise StropError(
                 f"{source}: tasks.{i}.reward_model: not a directory: {task.reward_model}"

@@ -57,6 +57,15 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
                 "top_p": task.top_p,
                 "decoding": "greedy" if task.temperature == 0 else "sampled",
             }
+    elif task.type == "judge":
+        s.update(judge=task.judge, judge_adapter=task.judge_adapter, chat_template=True)
+        s["judge_chat_template"] = task.chat_template
+        s["judge_rule"] = "log-likelihood of ' A' vs ' B', both orders; disagreement = tie"
+        s["generation"] = {
+            "max_new_tokens": task.max_new_tokens,
+            "temperature": task.temperature,
+            "top_p": task.top_p,
+        }
     elif task.type == "classification":
         s.update(labels=task.labels, predict=task.predict, prompt=task.prompt)
         s.update(chat_template=task.chat_template or task.predict == "generation")
@@ -105,12 +114,17 @@ def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, 
             out = TASKS[task.type](model, tok, task, examples[task.name], cfg.seed)
             outputs[task.name][name] = out
             shown = ", ".join(f"{k}={m.value:.4g}" for k, m in out.metrics.items())
-            log(f"  {task.name}: {shown}")
+            log(f"  {task.name}: {shown or 'answered'}")
         model = tok = loaded = None  # drop every reference before freeing
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     clear_cache()
+    for task in cfg.tasks:
+        if task.type == "judge":  # every column has answered: judge them against the baseline
+            from strop.eval.judge import judge_task
+
+            judge_task(task, outputs[task.name], cfg.baseline, log)
     return examples, outputs
 
 

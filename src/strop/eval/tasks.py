@@ -79,6 +79,16 @@ def split_reference(record: Record) -> tuple[list[dict], str]:
     return [{"role": m.role, "content": m.content} for m in msgs[:-1]], msgs[-1].content
 
 
+def split_prompt(record: Record) -> list[dict]:
+    """The prompt turns of a chat row: everything before a final assistant turn, if any."""
+    msgs = record.messages or []
+    if msgs and msgs[-1].role == "assistant":
+        msgs = msgs[:-1]
+    if not msgs:
+        raise StropError(f"{record.origin}: a judge eval row needs at least one prompt turn")
+    return [{"role": m.role, "content": m.content} for m in msgs]
+
+
 def exact_match(prediction: str, reference: str) -> float:
     return float(prediction.strip() == reference.strip())
 
@@ -258,6 +268,12 @@ def run_reward(model, tokenizer, task: TaskSpec, examples: list, seed: int):
     return run(model, tokenizer, task, examples, seed)
 
 
+def run_judge_answers(model, tokenizer, task: TaskSpec, examples: list, seed: int):
+    from strop.eval.judge import run_judge_answers as run
+
+    return run(model, tokenizer, task, examples, seed)
+
+
 def model_kind(task: TaskSpec) -> str:
     """How a task needs each evaluated model loaded: ``lm`` (causal LM) or ``reward``."""
     return "reward" if task.type == "reward" and task.reward_model is None else "lm"
@@ -271,4 +287,5 @@ TASKS: dict[str, TaskFn] = {
     "preference": run_preference,
     "classification": run_classification,
     "reward": run_reward,
+    "judge": run_judge_answers,  # answers per model; verdicts in judge.judge_task afterwards
 }
