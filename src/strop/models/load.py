@@ -119,6 +119,10 @@ def load_model(
 def apply_adapter(model, adapter_dir: Path):
     from peft import PeftModel
 
+    from strop.models import bottleneck
+
+    if bottleneck.is_adapter_dir(adapter_dir):  # strop's own format (no peft equivalent)
+        return bottleneck.load(model, adapter_dir)
     cfg = adapter_dir / "adapter_config.json"
     if not cfg.exists():
         raise StropError(f"{adapter_dir}: not an adapter dir (no adapter_config.json)")

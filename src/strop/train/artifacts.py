@@ -23,6 +23,12 @@ def save_final(
     model: nn.Module, state: dict, tokenizer, out: Path, is_adapter: bool, base_dir: Path
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if is_adapter and hasattr(model, "strop_adapter"):  # bottleneck adapters: strop's format
+        from strop.models import bottleneck
+
+        bottleneck.save(model, state, out, base_dir)
+        tokenizer.save_pretrained(out)
+        return
     if is_adapter:
         # Adapters point at the local base dir so peft/transformers load them offline.
         for cfg in model.peft_config.values():

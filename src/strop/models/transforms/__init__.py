@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from strop.errors import StropError
 from strop.models.transforms import (
+    adapter,
     bitfit,
     dora,
     freeze,
@@ -56,6 +57,13 @@ TRANSFORMS: dict[str, Transform] = {
     "ia3": Transform(ia3.IA3Params, ia3.apply, is_adapter=True),
     "qlora": Transform(
         qlora.QloraParams, qlora.apply, True, qlora.lr_multipliers, qlora.merged_model
+    ),
+    "adapter": Transform(
+        adapter.AdapterParams,
+        adapter.apply,
+        is_adapter=True,
+        not_mergeable="a bottleneck adapter is nonlinear, so no weight update reproduces it",
+        refused_stages=(("rm",), "the reward model's value head would not train"),
     ),
     "prompt": Transform(
         prompt.PromptParams,
