@@ -141,6 +141,9 @@ def load_config(
         )
     validate_method_params(cfg.method, source)
     check_method_fits(cfg, source)
+    from strop.train.optim import check_optimizer
+
+    check_optimizer(cfg, source)
     return cfg
 
 

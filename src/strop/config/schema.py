@@ -51,6 +51,9 @@ class TrainSection(Section):
     lr: float = Field(2.0e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    """adamw: torch's (fused); the rest bitsandbytes': 8-bit blockwise moments and/or paged
+    moments (CUDA unified memory, spilled to CPU under memory pressure; unpaged on CPU)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup: float = Field(0.03, ge=0)
     """Warmup as a fraction of total steps (< 1) or a number of steps (>= 1)."""

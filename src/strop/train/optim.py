@@ -1,4 +1,4 @@
-"""AdamW and learning-rate schedules."""
+"""AdamW (torch's, or bitsandbytes' 8-bit / paged variants) and learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def build_optimizer(
         {"params": ps, "weight_decay": d, "lr": cfg.lr * m, "lr_mult": m}
         for (d, m), ps in groups.items()
     ]
+    if cfg.optimizer != "adamw":
+        return _bitsandbytes(param_groups, cfg)
     # Fused AdamW is one kernel per step on CUDA and CPU; fall back where a dtype lacks it.
     devices = {p.device.type for g in param_groups for p in g["params"]}
     fused = devices <= {"cuda", "cpu"}
@@ -34,6 +36,45 @@ def build_optimizer(
         return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.adam_betas)
+
+
+# train.optimizer -> bitsandbytes class. 8-bit: Adam's two moments stored as 8-bit blockwise
+# quantised values (Dettmers et al., 2022), ~75% less optimizer memory; tensors under 4096
+# elements keep 32-bit moments. Paged: moments in CUDA unified memory that the driver pages to
+# CPU RAM under memory pressure instead of running out (the QLoRA paper's paged optimisers).
+BNB_OPTIMIZERS = {
+    "adamw_8bit": "AdamW8bit",
+    "paged_adamw_8bit": "PagedAdamW8bit",
+    "paged_adamw_32bit": "PagedAdamW32bit",
+}
+
+
+def check_optimizer(cfg, source: str = "config") -> None:
+    """Refuse at config load what bitsandbytes cannot do: its update kernels have no DTensor
+    (FSDP2) support (tested: 'got mixed torch.Tensor and DTensor' / no sharding strategy)."""
+    from strop.errors import StropError
+
+    if cfg.train.optimizer != "adamw" and cfg.train.distributed == "fsdp2":
+        raise StropError(
+            f"{source}: train.optimizer: {cfg.train.optimizer} (bitsandbytes) cannot update "
+            "FSDP2-sharded parameters; use train.optimizer: adamw or train.distributed: ddp"
+        )
+
+
+def _bitsandbytes(param_groups: list[dict], cfg: TrainSection) -> torch.optim.Optimizer:
+    """bitsandbytes 0.50.2 runs all three on CPU too (tested): 8-bit moments work, and the
+    paged ones fall back to ordinary (unpaged) memory, warning at their first step; strop says
+    so once, up front, instead."""
+    import warnings
+
+    import bitsandbytes as bnb
+
+    devices = {p.device.type for g in param_groups for p in g["params"]}
+    if cfg.optimizer.startswith("paged_") and "cuda" not in devices:
+        print(f"train.optimizer: {cfg.optimizer}: paging needs CUDA; on CPU it runs unpaged")
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+    cls = getattr(bnb.optim, BNB_OPTIMIZERS[cfg.optimizer])
+    return cls(param_groups, lr=cfg.lr, betas=cfg.adam_betas)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
