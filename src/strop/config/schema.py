@@ -161,6 +161,51 @@ class GRPOSection(Section):
         return [RewardSpec(name=r) if isinstance(r, str) else r for r in self.rewards]
 
 
+class PPOSection(Section):
+    rewards: list[RewardSpec | str] = Field(default_factory=list)
+    """Sequence scores, summed with their weights: names or {name, weight, args}; a trained
+    reward model is {name: reward_model, args: {path: runs/rm/final}}."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Completions sampled per prompt and rollout."""
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_iterations: int = Field(1, ge=1)
+    """Optimizer steps per batch of rollouts ("PPO epochs"; > 1: importance ratios)."""
+    epsilon: float = Field(0.2, gt=0)
+    """Policy clip range."""
+    value_clip: float = Field(0.2, gt=0)
+    """Value clip range around the rollout-time values."""
+    vf_coef: float = Field(0.1, ge=0)
+    """Weight of the value loss beside the policy loss."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE lambda."""
+    kl_coef: float = Field(0.05, ge=0)
+    """KL weight beta to the reference (0: no reference is kept or scored)."""
+    kl_penalty: Literal["reward", "loss"] = "reward"
+    """reward: -beta * (log pi - log pi_ref) added to every token's reward (InstructGPT);
+    loss: beta * k3 KL in the loss, as GRPO."""
+    adaptive_kl: bool = False
+    """Adapt beta towards ``kl_target`` (Ziegler et al., 2019)."""
+    kl_target: float = Field(6.0, gt=0)
+    """Target KL per completion (nats, summed over its tokens) for adaptive_kl."""
+    kl_horizon: float = Field(10000, gt=0)
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    missing_eos_penalty: float = Field(0.0, ge=0)
+    """Subtracted from the score of completions cut at max_new_tokens (no stop token)."""
+    value_trunk_grad: bool = True
+    """The value loss also trains the shared trunk (false: the value head learns alone on
+    detached hidden states)."""
+    reference: Literal["auto", "model", "adapter_off"] = "auto"
+    """auto: adapter_off for adapter methods, else a frozen copy of the base (model)."""
+    reference_model: str | None = None
+
+    def reward_specs(self) -> list[RewardSpec]:
+        return [RewardSpec(name=r) if isinstance(r, str) else r for r in self.rewards]
+
+
 class Config(Section):
     model: ModelSection = ModelSection()
     stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "ppo", "grpo"] = "sft"
@@ -174,6 +219,7 @@ class Config(Section):
     kto: KTOSection = KTOSection()
     rm: RMSection = RMSection()
     grpo: GRPOSection = GRPOSection()
+    ppo: PPOSection = PPOSection()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:
@@ -181,4 +227,9 @@ class Config(Section):
             raise ValueError("data.train: required (path to the training file)")
         if self.stage == "grpo" and not self.grpo.rewards:
             raise ValueError("grpo.rewards: stage grpo needs at least one reward function")
+        if self.stage == "ppo" and not self.ppo.rewards:
+            raise ValueError(
+                "ppo.rewards: stage ppo needs a reward: a function or "
+                "{name: reward_model, args: {path: <stage rm final/>}}"
+            )
         return self

@@ -26,6 +26,7 @@ STAGE_KIND = {
     "orpo": "preference",
     "kto": "kto",
     "grpo": "prompt",
+    "ppo": "prompt",
 }
 ROW_BUILDERS = {"preference": preference_rows, "kto": kto_rows, "prompt": prompt_rows}
 

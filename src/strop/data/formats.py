@@ -264,7 +264,7 @@ REFUSED = {
     "on; use a preference stage (rm, dpo, orpo, simpo)",
     "kto": "looks like KTO data (completion/label), which stage sft does not train on; "
     "use stage kto",
-    "prompt": "looks like prompt-only data (no answers to train on); use stage grpo",
+    "prompt": "looks like prompt-only data (no answers to train on); use stage grpo or ppo",
 }
 
 

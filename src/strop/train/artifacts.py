@@ -11,12 +11,13 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 
-def full_state_dict(objective: nn.Module) -> dict[str, torch.Tensor]:
-    """The inner model's full (unsharded, CPU) state dict; every rank must call this."""
+def full_state_dict(objective: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The full (unsharded, CPU) state dict of the objective's submodule ``prefix`` (the inner
+    model by default; "value_head." for PPO's critic); every rank must call this."""
     sd = get_model_state_dict(
         objective, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
-    return {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")}
+    return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def save_final(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from strop.config.load import dump_config
 from strop.config.schema import Config
@@ -346,10 +347,13 @@ def _handle_nonfinite(
 
 def _finish(cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval):
     full = artifacts.full_state_dict(objective)  # a collective: every rank takes part
+    critic = artifacts.full_state_dict(objective, "value_head.") if cfg.stage == "ppo" else {}
     final_dir = run_dir / "final"
     merge_err = None
     if d.is_main:
         artifacts.save_final(model, full, tokenizer, final_dir, transform.is_adapter, model_dir)
+        if critic:  # PPO's value head, beside the policy (for inspection or warm starts)
+            save_file(critic, final_dir / "value_head.safetensors")
         if cfg.train.save_merged and transform.is_adapter:
             if transform.merge is not None:  # e.g. QLoRA: into the dequantised base
                 params = parse_method(cfg.method)[1]

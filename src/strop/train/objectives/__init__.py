@@ -8,6 +8,7 @@ from strop.train.objectives.dpo import DPOObjective
 from strop.train.objectives.grpo import GRPOObjective
 from strop.train.objectives.kto import KTOObjective
 from strop.train.objectives.orpo import ORPOObjective
+from strop.train.objectives.ppo_objective import PPOObjective
 from strop.train.objectives.rm import RewardObjective
 from strop.train.objectives.simpo import SimPOObjective
 
@@ -27,4 +28,5 @@ OBJECTIVES = {
     "kto": KTOObjective,
     "rm": RewardObjective,
     "grpo": GRPOObjective,  # samples its own completions through the loop's rollout hook
+    "ppo": PPOObjective,  # the same, with a value head (critic) beside the policy
 }

@@ -87,8 +87,11 @@ class OnlineRLObjective(nn.Module):
                 batch = {
                     k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()
                 }
-                yield part, completion_logps(
-                    model, batch, self.loss_chunk, self.section.temperature, return_hidden
+                yield (
+                    part,
+                    completion_logps(
+                        model, batch, self.loss_chunk, self.section.temperature, return_hidden
+                    ),
                 )
         finally:
             model.train(was_training)
