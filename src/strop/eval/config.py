@@ -33,6 +33,9 @@ TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "pass_pattern": ("generation",),
     "bleu_tokenize": ("generation",),
     "reward_model": ("reward",),
+    "corpus": ("retrieval",),
+    "embedder": ("retrieval",),
+    "recall_at": ("retrieval",),
 }
 
 
@@ -54,6 +57,7 @@ class TaskSpec(Section):
         "classification",
         "reward",
         "judge",
+        "retrieval",
     ]
     data: str | list[str]
     format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"] = "auto"
@@ -102,6 +106,12 @@ class TaskSpec(Section):
     """generation: the regular expression for ``pass_check: regex`` (re.search)."""
     bleu_tokenize: Literal["13a", "intl", "zh", "char", "none"] = "13a"
     """generation: sacrebleu's BLEU tokenizer (zh for Chinese references)."""
+    corpus: str | None = None
+    """retrieval: JSONL of ``{id, text}`` documents the queries (``data``) are run against."""
+    embedder: Literal["model", "minilm"] = "model"
+    """retrieval: the evaluated model's mean-pooled hidden states, or the offline MiniLM."""
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    """retrieval: the k of each reported recall@k."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
@@ -121,21 +131,34 @@ class TaskSpec(Section):
                 )
             if self.shots and not self.dev:
                 raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
+        if self.type == "retrieval":
+            self._check_retrieval()
         if self.type == "judge" and not self.judge:
             raise ValueError(f"task {self.name!r}: judge: name the judge model")
-        fixed = ("perplexity", "preference", "classification", "reward", "judge")
+        fixed = ("perplexity", "preference", "classification", "reward", "judge", "retrieval")
         if self.type in fixed and self.metrics is not None:
             raise ValueError(
                 f"task {self.name!r}: metrics: {self.type} tasks always report a fixed set "
                 "(perplexity: loss, ppl, bits_per_byte; preference: accuracy, margin, "
-                "margin_per_token; classification: accuracy, macro_f1, micro_f1, auc; reward: "
-                "see docs/eval.md); remove the key"
+                "margin_per_token; classification: accuracy, macro_f1, micro_f1, auc; retrieval: "
+                "recall@k, mrr; reward: see docs/eval.md); remove the key"
             )
         if self.type == "generation" and self.kind == "text":
             raise ValueError(f"task {self.name!r}: kind: generation needs chat data")
         if self.type == "generation" and self.metrics is None:
             self.metrics = ["exact_match", "token_f1"]
         return self
+
+    def _check_retrieval(self) -> None:
+        where = f"task {self.name!r}"
+        if not self.corpus:
+            raise ValueError(f"{where}: corpus: name the JSONL file of {{id, text}} documents")
+        if not self.recall_at or any(k < 1 for k in self.recall_at):
+            raise ValueError(f"{where}: recall_at: give one or more k >= 1")
+        if len(set(self.recall_at)) != len(self.recall_at):
+            raise ValueError(f"{where}: recall_at: duplicate k in {self.recall_at}")
+        for key in sorted({"kind", "format"} & self.model_fields_set):
+            raise ValueError(f"{where}: {key}: retrieval reads its own JSONL format")
 
     def _check_classification(self) -> None:
         where = f"task {self.name!r}"
@@ -232,6 +255,8 @@ def _check_paths(cfg: EvalConfig, source: str) -> None:
         for path in [task.data] if isinstance(task.data, str) else task.data:
             if not Path(path).exists():
                 raise StropError(f"{source}: tasks.{i}.data: file not found: {path}")
+        if task.corpus is not None and not Path(task.corpus).exists():
+            raise StropError(f"{source}: tasks.{i}.corpus: file not found: {task.corpus}")
         if task.dev is not None and not Path(task.dev).exists():
             raise StropError(f"{source}: tasks.{i}.dev: file not found: {task.dev}")
         if task.judge_adapter is not None and not Path(task.judge_adapter).is_dir():

