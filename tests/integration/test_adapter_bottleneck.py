@@ -190,3 +190,9 @@ def test_params_are_strict():
         parse_method({"name": "adapter", "positions": ["ffn"]})
     with pytest.raises(StropError, match="bottleneck|size"):
         parse_method({"name": "adapter", "bottleneck": 8})
+
+
+def test_resume_is_exact(tmp_path):
+    from tests.integration.test_peft_prompt_methods import resume_is_exact
+
+    resume_is_exact(tmp_path, {**NORMS, "positions": ["attn", "mlp"]}, bottleneck.WEIGHTS_FILE)

@@ -244,3 +244,38 @@ def test_deep_ptuning_refuses_v1_encoder_options():
         parse_method({"name": "ptuning", "deep": True, "encoder": "lstm"})
     with pytest.raises(StropError, match="encoder: lstm only"):
         parse_method({"name": "ptuning", "encoder_layers": 2})
+
+
+def resume_is_exact(tmp_path, method: dict, weights_file: str) -> None:
+    """3 steps + checkpoint, then resume to 6 == 6 uninterrupted steps (losses and weights)."""
+    from safetensors.torch import load_file
+
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", n=16)
+
+    def run(out, steps, save_every=0):
+        raw = tiny_config(
+            out,
+            data,
+            method=method,
+            data={"packing": True},
+            train={
+                "max_steps": steps,
+                "lr": 5e-2,
+                "schedule": "constant",
+                "save_every": save_every,
+            },
+        )
+        return train(load_config(None, raw=raw))
+
+    whole = run(tmp_path / "whole", 6)
+    run(tmp_path / "split", 3, save_every=3)
+    resumed = run(tmp_path / "split", 6)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history[3:]]
+    a = load_file(whole.final_dir / weights_file)
+    b = load_file(resumed.final_dir / weights_file)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("key", ["prompt", "prefix"])
+def test_resume_is_exact(tmp_path, key):
+    resume_is_exact(tmp_path, METHODS[key], "adapter_model.safetensors")
