@@ -174,8 +174,102 @@ def render_context(tokenizer, prompt: str, chat: bool) -> str:
 def continuation_logprobs(
     model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
 ) -> list[float]:
-    """Sum of log p(continuation token | everything before it) for each (ctx, cont) id pair;
-    right-padded batches with an attention mask."""
+    """Sum of log p(continuation token | everything before it) for each (ctx, cont) id pair.
+
+    Pairs that share a context (the choices of one question, the labels of one text) are
+    scored together in one packed row, so the context is encoded once: the row is the context,
+    then each continuation's tokens but its last, each continuation at the positions it would
+    have right after the context and attending to the context and causally to itself only (a
+    4-D mask). The first token of every continuation is predicted from the context's last
+    position; with one-token continuations (``score: letter``) the row is the context alone
+    and the mask a plain padding mask. Logits are computed only at the positions read.
+    ``batch_size`` counts packed rows (distinct contexts) per forward. Same definition, same
+    numbers (to fp32 rounding) as ``per_choice_logprobs``, one forward per pair; soft-prompt
+    adapters (prefix / prompt / p-tuning) use that path, as they own the KV cache and mask.
+    """
+    if _prompt_learning(model):
+        return per_choice_logprobs(model, pairs, batch_size, pad_id)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(pairs):
+        groups.setdefault(tuple(ctx), []).append(i)
+    # Similar lengths share a batch (less padding); scores go back by index, so the order of
+    # the rows changes nothing but fp32 rounding.
+    items = sorted(groups.items(), key=lambda kv: len(kv[0]) + sum(len(pairs[i][1]) for i in kv[1]))
+    out = [0.0] * len(pairs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                rows = [_pack(list(ctx), [pairs[i][1] for i in idx]) for ctx, idx in chunk]
+                for (_, idx), scores in zip(chunk, _score_packed(model, rows, pad_id), strict=True):
+                    for i, ll in zip(idx, scores, strict=True):
+                        out[i] = ll
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _prompt_learning(model) -> bool:
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
+def _pack(ctx: list[int], conts: list[list[int]]) -> dict:
+    """One row: ids, positions, segment of each token (0 context, i + 1 the tail of
+    continuation i), and per continuation the (position read, target token) of each token."""
+    n = len(ctx)
+    ids, pos, seg = list(ctx), list(range(n)), [0] * n
+    targets = []
+    for i, cont in enumerate(conts):
+        at = len(ids)  # where this continuation's tail starts in the row
+        targets.append([(n - 1, cont[0])] + [(at + j, t) for j, t in enumerate(cont[1:])])
+        ids += cont[:-1]
+        pos += range(n, n + len(cont) - 1)
+        seg += [i + 1] * (len(cont) - 1)
+    return {"ids": ids, "pos": pos, "seg": seg, "targets": targets, "packed": len(ids) > n}
+
+
+def _score_packed(model, rows: list[dict], pad_id: int) -> list[list[float]]:
+    device = next(model.parameters()).device
+    width = max(len(r["ids"]) for r in rows)
+    b = len(rows)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, width), dtype=torch.long)
+    seg = torch.full((b, width), -1, dtype=torch.long)  # -1 marks padding
+    for i, r in enumerate(rows):
+        n = len(r["ids"])
+        ids[i, :n], pos[i, :n], seg[i, :n] = (torch.tensor(r[k]) for k in ("ids", "pos", "seg"))
+    kwargs = {}
+    if any(r["packed"] for r in rows):
+        # query q sees key k <= q of the context (segment 0) or of its own segment
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same = (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0)
+        allowed = (causal & same) | torch.eye(width, dtype=torch.bool)  # padding: itself
+        kwargs = {"attention_mask": allowed[:, None].to(device), "position_ids": pos.to(device)}
+    else:
+        kwargs = {"attention_mask": (seg >= 0).long().to(device)}
+    read = sorted({p for r in rows for t in r["targets"] for p, _ in t})
+    col = {p: j for j, p in enumerate(read)}
+    keep = torch.tensor(read, dtype=torch.long, device=device)
+    logits = model(input_ids=ids.to(device), logits_to_keep=keep, **kwargs).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, len(read), V]
+    out = []
+    for i, r in enumerate(rows):
+        scores = []
+        for t in r["targets"]:
+            cols = torch.tensor([col[p] for p, _ in t], device=device)
+            tgt = torch.tensor([tok for _, tok in t], device=device)
+            scores.append(float(logp[i, cols, tgt].sum()))
+        out.append(scores)
+    return out
+
+
+def per_choice_logprobs(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
+) -> list[float]:
+    """The same scores with one (right-padded) row per pair: every choice re-encodes the
+    context. Kept for soft-prompt adapters and as the baseline of benchmarks/mc_scoring.py."""
     device = next(model.parameters()).device
     out: list[float] = []
     was_training = model.training
