@@ -77,7 +77,15 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_stage_without_an_objective_is_refused_up_front():
+def test_every_stage_has_an_objective_and_a_missing_one_is_refused_up_front(monkeypatch):
+    from typing import get_args
+
+    from strop.config.schema import Config
+    from strop.train import objectives
+
+    stages = get_args(Config.model_fields["stage"].annotation)
+    assert set(stages) == set(objectives.OBJECTIVES)
+    monkeypatch.delitem(objectives.OBJECTIVES, "ppo")
     assert "stage: 'ppo' is not implemented yet (available: pt, sft, dpo" in _err(
-        overrides=["stage=ppo"]
+        overrides=["stage=ppo", "ppo.rewards=[math_answer]"]
     )
