@@ -272,6 +272,21 @@ def test_missing_input_is_named(zoo, tmp_path):
         merge(tmp_path, method="linear", models=[str(zoo / "m1"), str(tmp_path / "nope")])
 
 
+@pytest.mark.parametrize("kind", ["PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "bottleneck"])
+def test_unmergeable_adapters_are_refused_with_the_reason(zoo, tiny_llama_dir, tmp_path, kind):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    if kind == "bottleneck":
+        (adapter / "strop_adapter.json").write_text(json.dumps({"method": "adapter"}))
+        want = "bottleneck adapters .* cannot be merged: they are nonlinear"
+    else:
+        cfg = {"peft_type": kind, "base_model_name_or_path": str(tiny_llama_dir)}
+        (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+        want = f"a {kind} adapter, which cannot be merged: its virtual tokens"
+    with pytest.raises(StropError, match=rf"models.1.model: .*{want}"):
+        merge(tmp_path / "out", method="linear", models=[str(zoo / "m1"), str(adapter)])
+
+
 def test_mismatched_shapes_are_named(zoo, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -70,6 +70,12 @@ def open_input(spec: str, label: str, key: str, tmp: list[tempfile.TemporaryDire
     kind = "hf"
     if (path / "config.yaml").exists() and not (path / "config.json").exists():
         kind, path = "run", run_final_dir(path)
+    if (path / "strop_adapter.json").exists():
+        raise StropError(
+            f"{key}: {spec} holds bottleneck adapters (method adapter), which cannot be merged: "
+            "they are nonlinear, so no weight update reproduces them; load the adapter dir "
+            "itself with strop chat/generate/eval"
+        )
     if (path / "adapter_config.json").exists():
         return _open_adapter(spec, label, key, path, tmp)
     if not (path / "config.json").exists():
@@ -93,6 +99,10 @@ def plain_lora(cfg: dict) -> bool:
     )
 
 
+# peft methods that add inputs instead of changing weights: nothing to fold into a model.
+SOFT_PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
+
+
 def _open_adapter(
     spec: str, label: str, key: str, path: Path, tmp: list[tempfile.TemporaryDirectory]
 ) -> Input:
@@ -100,6 +110,12 @@ def _open_adapter(
         cfg = json.loads((path / "adapter_config.json").read_text())
     except json.JSONDecodeError as exc:
         raise StropError(f"{key}: {path}/adapter_config.json: invalid JSON ({exc})") from None
+    if cfg.get("peft_type") in SOFT_PROMPT_TYPES:
+        raise StropError(
+            f"{key}: {path} is a {cfg['peft_type']} adapter, which cannot be merged: its virtual "
+            "tokens or key/value prefixes are extra inputs, not a change to any weight; load "
+            "the adapter dir itself with strop chat/generate/eval"
+        )
     base_name = cfg.get("base_model_name_or_path")
     if not base_name:
         raise StropError(f"{key}: {path}/adapter_config.json names no base_model_name_or_path")
