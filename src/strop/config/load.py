@@ -144,6 +144,10 @@ def load_config(
     from strop.train.optim import check_optimizer
 
     check_optimizer(cfg, source)
+    if cfg.train.eval_tasks:
+        from strop.train.task_eval import parse_eval_tasks
+
+        parse_eval_tasks(cfg.train.eval_tasks, source)
     return cfg
 
 

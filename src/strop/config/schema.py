@@ -62,6 +62,10 @@ class TrainSection(Section):
     seed: int = 42
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(100, ge=0)
+    eval_tasks: list[dict[str, Any]] = Field(default_factory=list)
+    """`strop eval` tasks (generation, perplexity, multiple_choice, classification, retrieval)
+    run on the model being trained every eval_every steps and at the end; logged as
+    eval/<task>/<metric>."""
     save_every: int = Field(200, ge=0)
     keep_last: int = Field(2, ge=1)
     resume: str = "auto"

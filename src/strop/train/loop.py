@@ -30,6 +30,7 @@ from strop.train.logger import MetricsLogger
 from strop.train.loss_sums import LossSums
 from strop.train.objectives import OBJECTIVES
 from strop.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps
+from strop.train.task_eval import TaskEvaluator
 
 FAULT_ENV = "STROP_FAULT_AFTER_STEP"  # fault injection for the exact-resume test
 
@@ -226,6 +227,11 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
     )
     history: list[dict] = []
     last_eval, eval_step = None, -1
+    task_eval = TaskEvaluator(cfg.train.eval_tasks, "config", cfg.train.seed)
+
+    def run_eval() -> dict:
+        result = evaluate(module, objective, data.eval.rows, cfg, d, pad_id) if data.eval else {}
+        return {**result, **(task_eval(model, tokenizer) if task_eval else {})}
 
     def save(step: int) -> None:
         state["sampler"] = sampler.state_dict()
@@ -275,23 +281,27 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
             }
             history.append(record)
             logger.step(record, cfg.train.log_every, last=step + 1 == total_steps)
-            if data.eval and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-                last_eval = evaluate(module, objective, data.eval.rows, cfg, d, pad_id)
+            if (
+                (data.eval or task_eval)
+                and cfg.train.eval_every
+                and ((step + 1) % cfg.train.eval_every == 0)
+            ):
+                last_eval = run_eval()
                 eval_step = step + 1
                 logger.log({"step": step + 1, **last_eval})
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save(step + 1)
             if os.environ.get(FAULT_ENV) == str(step + 1):  # tests: a real SIGTERM mid-run
                 os.kill(os.getpid(), signal.SIGTERM)
-    if data.eval and eval_step != state["step"]:  # always end with an eval of the final weights
-        last_eval = evaluate(module, objective, data.eval.rows, cfg, d, pad_id)
+    if (data.eval or task_eval) and eval_step != state["step"]:  # always eval the final weights
+        last_eval = run_eval()
         logger.log({"step": state["step"], **last_eval})
     logger.close()
     final_dir = _finish(
         cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval
     )
     return RunResult(
-        run_dir, state["step"], final_dir, history, last_eval and last_eval["eval_loss"]
+        run_dir, state["step"], final_dir, history, last_eval and last_eval.get("eval_loss")
     )
 
 
