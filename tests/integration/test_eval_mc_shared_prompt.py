@@ -63,6 +63,21 @@ def test_shared_prompt_scores_equal_naive_loop(tiny, batch_size):
     assert got == pytest.approx(naive(model, only_letters), abs=1e-5, rel=0)
 
 
+def test_greedy_flags(tiny):
+    from strop.eval.multiple_choice import _per_choice_scores, continuation_scores
+
+    model, _ = tiny
+    ctx = list(range(10, 30))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ctx + [40]])).logits[0]
+    top, top_next = int(logits[-2].argmax()), int(logits[-1].argmax())
+    other = (top + 1) % model.config.vocab_size
+    pairs = [(ctx, [top]), (ctx, [other]), (ctx, [40, top_next]), (ctx, [40, other]), (ctx, [])]
+    want = [True, False, top == 40, False, True]
+    assert [g for _, g in continuation_scores(model, pairs, 2)] == want
+    assert [g for _, g in _per_choice_scores(model, pairs[:4], 2, 0)] == want[:4]
+
+
 def test_each_context_is_encoded_once(tiny):
     model, _ = tiny
     pairs = make_pairs(1, model.config.vocab_size)

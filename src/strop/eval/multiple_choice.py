@@ -2,8 +2,9 @@
 
 Each choice's continuation (" A", " B", ... with ``score: letter``; " <choice text>" with
 ``score: text``) is scored by the sum of its tokens' log-probs given the prompt; the prediction is
-the argmax. ``accuracy_norm`` divides each sum by the continuation's length in characters (as
-lm-eval's ``acc_norm``) before the argmax. Per-example 0/1 scores feed the paired bootstrap.
+the argmax. ``accuracy_norm`` divides each sum by the continuation's length in characters,
+leading space included (lm-eval's ``acc_norm`` divides by the choice's characters without the
+space; docs/eval.md), before the argmax. Per-example 0/1 scores feed the paired bootstrap.
 """
 
 from __future__ import annotations
@@ -174,7 +175,16 @@ def render_context(tokenizer, prompt: str, chat: bool) -> str:
 def continuation_logprobs(
     model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
 ) -> list[float]:
-    """Sum of log p(continuation token | everything before it) for each (ctx, cont) id pair.
+    """Sum of log p(continuation token | everything before it) for each (ctx, cont) id pair
+    (``continuation_scores`` without the greedy flags)."""
+    return [ll for ll, _ in continuation_scores(model, pairs, batch_size, pad_id)]
+
+
+def continuation_scores(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
+) -> list[tuple[float, bool]]:
+    """(sum of log p(continuation token | everything before it), whether every continuation
+    token is the argmax) for each (ctx, cont) id pair.
 
     Pairs that share a context (the choices of one question, the labels of one text) are
     scored together in one packed row, so the context is encoded once: the row is the context,
@@ -187,15 +197,22 @@ def continuation_logprobs(
     numbers (to fp32 rounding) as ``per_choice_logprobs``, one forward per pair; soft-prompt
     adapters (prefix / prompt / p-tuning) use that path, as they own the KV cache and mask.
     """
+    if any(not cont for _, cont in pairs):  # nothing to predict: log 1 = 0, trivially greedy
+        scored = [i for i, (_, cont) in enumerate(pairs) if cont]
+        out = [(0.0, True)] * len(pairs)
+        lls = continuation_scores(model, [pairs[i] for i in scored], batch_size, pad_id)
+        for i, ll in zip(scored, lls, strict=True):
+            out[i] = ll
+        return out
     if _prompt_learning(model):
-        return per_choice_logprobs(model, pairs, batch_size, pad_id)
+        return _per_choice_scores(model, pairs, batch_size, pad_id)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, _) in enumerate(pairs):
         groups.setdefault(tuple(ctx), []).append(i)
     # Similar lengths share a batch (less padding); scores go back by index, so the order of
     # the rows changes nothing but fp32 rounding.
     items = sorted(groups.items(), key=lambda kv: len(kv[0]) + sum(len(pairs[i][1]) for i in kv[1]))
-    out = [0.0] * len(pairs)
+    out = [(0.0, False)] * len(pairs)
     was_training = model.training
     model.eval()
     try:
@@ -230,7 +247,7 @@ def _pack(ctx: list[int], conts: list[list[int]]) -> dict:
     return {"ids": ids, "pos": pos, "seg": seg, "targets": targets, "packed": len(ids) > n}
 
 
-def _score_packed(model, rows: list[dict], pad_id: int) -> list[list[float]]:
+def _score_packed(model, rows: list[dict], pad_id: int) -> list[list[tuple[float, bool]]]:
     device = next(model.parameters()).device
     width = max(len(r["ids"]) for r in rows)
     b = len(rows)
@@ -260,7 +277,8 @@ def _score_packed(model, rows: list[dict], pad_id: int) -> list[list[float]]:
         for t in r["targets"]:
             cols = torch.tensor([col[p] for p, _ in t], device=device)
             tgt = torch.tensor([tok for _, tok in t], device=device)
-            scores.append(float(logp[i, cols, tgt].sum()))
+            greedy = bool((logp[i, cols].argmax(-1) == tgt).all())
+            scores.append((float(logp[i, cols, tgt].sum()), greedy))
         out.append(scores)
     return out
 
@@ -270,8 +288,12 @@ def per_choice_logprobs(
 ) -> list[float]:
     """The same scores with one (right-padded) row per pair: every choice re-encodes the
     context. Kept for soft-prompt adapters and as the baseline of benchmarks/mc_scoring.py."""
+    return [ll for ll, _ in _per_choice_scores(model, pairs, batch_size, pad_id)]
+
+
+def _per_choice_scores(model, pairs, batch_size: int, pad_id: int) -> list[tuple[float, bool]]:
     device = next(model.parameters()).device
-    out: list[float] = []
+    out: list[tuple[float, bool]] = []
     was_training = model.training
     model.eval()
     try:
@@ -290,7 +312,8 @@ def per_choice_logprobs(
                 for row, (ctx, cont) in enumerate(chunk):
                     pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=device)
                     tgt = torch.tensor(cont, device=device)
-                    out.append(float(logp[row, pos, tgt].sum()))
+                    greedy = bool((logp[row, pos].argmax(-1) == tgt).all())
+                    out.append((float(logp[row, pos, tgt].sum()), greedy))
     finally:
         model.train(was_training)
     return out
