@@ -92,6 +92,28 @@ def test_reward_rises(tmp_path):
     assert hist[-1]["kl"] > 0
 
 
+def has_e(prompts, completions, **kw):
+    """A binary reward, so that small groups often score all alike."""
+    return [float("e" in c) for c in completions]
+
+
+def test_dynamic_sampling_refills_dropped_groups_from_further_prompts(tmp_path):
+    def run(refill, name):
+        cfg = _cfg(tmp_path / name, n=64, train={"max_steps": 4, "batch_size": 4},
+                   grpo={"group_size": 2, "rewards": ["tests.integration.test_grpo:has_e"],
+                         "dynamic_sampling": True, "refill_rounds": refill})  # fmt: skip
+        return train(cfg).history
+
+    plain, refilled = run(0, "plain"), run(6, "refill")
+    assert "sampling_rounds" not in plain[0]
+    assert max(h["sampling_rounds"] for h in refilled) > 1  # groups were dropped and replaced
+    for h in refilled:  # never more groups than the batch asks for, each with signal
+        assert h["groups_trained"] <= 4
+        assert h["sampling_rounds"] == 1 or h["groups_trained"] == 4 or h["sampling_rounds"] == 7
+    # the first round is the same draw as without refill (same seed, same prompts)
+    assert refilled[0]["time/generate"] > 0 and plain[0]["zero_adv_groups"] > 0
+
+
 def _strop_train(cfg_path, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
     cmd = [sys.executable, "-m", "strop.cli", "train", str(cfg_path)]

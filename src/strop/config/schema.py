@@ -151,7 +151,10 @@ class GRPOSection(Section):
     scale_rewards: bool = True
     """Divide advantages by the group's reward std (Dr. GRPO: false)."""
     dynamic_sampling: bool = False
-    """Drop groups whose rewards are all equal (zero advantage; DAPO), without refilling."""
+    """Drop groups whose rewards are all equal (zero advantage; DAPO)."""
+    refill_rounds: int = Field(0, ge=0)
+    """With dynamic_sampling: sample up to this many further batches of prompts to replace
+    dropped groups (DAPO's refill; uses more prompts per step). 0 = train on fewer groups."""
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     epsilon: float = Field(0.2, gt=0)

@@ -154,6 +154,20 @@ def sample(
     )
 
 
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """Several rollouts as one (group order kept; times and token counts summed)."""
+    if len(parts) == 1:
+        return parts[0]
+    stats = {k: sum(p.stats.get(k, 0) for p in parts) for k in parts[0].stats}
+    return Rollout(
+        [x for p in parts for x in p.prompt_ids],
+        [x for p in parts for x in p.completion_ids],
+        [x for p in parts for x in p.logps],
+        [x for p in parts for x in p.finished],
+        stats,
+    )
+
+
 @dataclass
 class RolloutRow(Row):
     """A sampled completion as a training row: prompt + completion, targets on the completion;

@@ -36,7 +36,7 @@ from strop.data.batching import collate
 from strop.data.render import IGNORE
 from strop.train.objectives.online import OnlineRLObjective
 from strop.train.objectives.ppo import clipped_surrogate, kl_k3, masked_sum
-from strop.train.rollout import RolloutRow, completion_logps, padded
+from strop.train.rollout import RolloutRow, completion_logps, concat_rollouts, padded
 
 
 def group_advantages(
@@ -117,29 +117,54 @@ class GRPOObjective(OnlineRLObjective):
         self._iteration = step % s.num_iterations
         if self._iteration and self._buffer:
             return self._buffer  # a further update on the same rollouts
-        prompts = take()
-        ro = self._sample(prompts, s.group_size, step)
-        t0 = time.perf_counter()
-        rewards, each = self._score([p for p in prompts for _ in range(s.group_size)], ro)
+        parts, rewards, each, zero, kept, reward_s = [], [], {}, [], [], 0.0
+        n_groups = None
+        rounds = 1 + (s.refill_rounds if s.dynamic_sampling else 0)
+        for rnd in range(rounds):
+            prompts = take()
+            n_groups = n_groups or len(prompts)
+            ro = self._sample(prompts, s.group_size, step + rnd * 1_000_000_007)
+            t0 = time.perf_counter()
+            r, e = self._score([p for p in prompts for _ in range(s.group_size)], ro)
+            reward_s += time.perf_counter() - t0
+            offset = len(rewards)
+            rewards += r
+            for k, v in e.items():
+                each[k] = each.get(k, []) + v
+            r = torch.tensor(r, dtype=torch.float64)
+            adv = group_advantages(r, s.group_size, s.scale_rewards).tolist()
+            flat = zero_advantage_groups(r, s.group_size).tolist()
+            zero += flat
+            parts.append(ro)
+            for g in range(len(prompts)):
+                if not (s.dynamic_sampling and flat[g]):
+                    kept.append([(offset + g * s.group_size + j, adv[g * s.group_size + j])
+                                 for j in range(s.group_size)])  # fmt: skip
+            if len(kept) >= n_groups:
+                break
+        ro = concat_rollouts(parts)
+        # every group flat (and no refill found better): train on them (KL term only)
+        kept = kept[:n_groups] or [
+            [(g * s.group_size + j, 0.0) for j in range(s.group_size)] for g in range(n_groups)
+        ]
         t1 = time.perf_counter()
-        r = torch.tensor(rewards, dtype=torch.float64)
-        adv = group_advantages(r, s.group_size, s.scale_rewards).tolist()
-        zero = zero_advantage_groups(r, s.group_size).tolist()
-        keep = [i for i in range(len(adv)) if not (s.dynamic_sampling and zero[i // s.group_size])]
-        keep = keep or list(range(len(adv)))  # every group flat: train on them (KL term only)
         rows = [
-            RolloutRow(p + c, [IGNORE] * len(p) + c, [len(p) + len(c)], {"adv": adv[i]}, lp)
-            for i in keep
+            RolloutRow(p + c, [IGNORE] * len(p) + c, [len(p) + len(c)], {"adv": a}, lp)
+            for group in kept
+            for i, a in group
             for p, c, lp in [(ro.prompt_ids[i], ro.completion_ids[i], ro.logps[i])]
         ]
         if self.mode is not None:
             self._score_reference(rows)
         self.step_metrics = {
-            **self.rollout_metrics(r, each, ro),
+            **self.rollout_metrics(torch.tensor(rewards, dtype=torch.float64), each, ro),
             "zero_adv_groups": sum(zero) / len(zero),
-            "time/reward": t1 - t0,
+            "time/reward": reward_s,
             "time/reference": time.perf_counter() - t1,
         }
+        if s.dynamic_sampling and s.refill_rounds:
+            self.step_metrics["sampling_rounds"] = len(parts)
+            self.step_metrics["groups_trained"] = len(kept)
         self._buffer = rows
         return rows
 
