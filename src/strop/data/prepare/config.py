@@ -43,6 +43,25 @@ class SplitSection(Section):
     seed: int = 0
 
 
+class RaySection(Section):
+    """``executor: ray``: where the per-record work runs (strop.data.prepare.ray_executor)."""
+
+    address: str | None = None
+    """None: start a local single-node Ray cluster for this run and shut it down afterwards;
+    ``auto`` or ``ray://host:10001``: connect to a running cluster (left running)."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs of the local cluster strop starts (None: Ray's default, every core)."""
+    object_store_memory: int | None = Field(None, ge=78_643_200)
+    """Bytes of the local cluster's object store (None: Ray's default, 30% of RAM)."""
+    actors: int | None = Field(None, ge=1)
+    """Worker actors running the steps; None: the cluster's CPUs // cpus_per_actor."""
+    cpus_per_actor: float = Field(1.0, gt=0)
+    in_flight: int = Field(2, ge=1)
+    """Chunks queued per actor: memory in the object store is ~ actors x in_flight chunks."""
+    runtime_env: dict[str, Any] | None = None
+    """Passed to ray.init (e.g. pip / env_vars for a remote cluster's workers)."""
+
+
 class PrepareConfig(Section):
     inputs: list[InputSpec]
     """Source files (any format strop reads); a path or a list of paths/specs."""
@@ -57,7 +76,10 @@ class PrepareConfig(Section):
     """Records per unit of work: memory is bounded by a few chunks per worker."""
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     """Fail (exit 2) when more than this share of rows is malformed (all are quarantined)."""
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "ray"] = "local"
+    """``local``: this process plus ``num_workers`` processes; ``ray``: Ray actors (section
+    ``ray``). The output is identical either way."""
+    ray: RaySection = RaySection()
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -135,6 +157,13 @@ def load_prepare_config(
     for ov in overrides:
         _apply_prepare_override(tree, ov)
     cfg = validate_tree(PrepareConfig, tree, source)
+    if cfg.ray.address is not None:
+        for key in ("num_cpus", "object_store_memory"):
+            if getattr(cfg.ray, key) is not None:
+                raise StropError(
+                    f"{source}: ray.{key}: only for the local cluster strop starts "
+                    f"(ray.address: null); the cluster at {cfg.ray.address!r} has its own."
+                )
     steps = cfg.step_params(source)
     for spec in cfg.inputs:
         if not Path(spec.path).exists():

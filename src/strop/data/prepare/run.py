@@ -7,7 +7,8 @@ import json
 import resource
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -19,7 +20,7 @@ import yaml
 from strop.config.schema import Section
 from strop.data.prepare.config import PrepareConfig
 from strop.data.prepare.convert import FILE_FORMATS
-from strop.data.prepare.io import iter_chunks, jsonl_to_parquet, raw_text
+from strop.data.prepare.io import Chunk, iter_chunks, jsonl_to_parquet, raw_text
 from strop.data.prepare.minhash import splitmix64
 from strop.data.prepare.pipeline import ChunkRunner, Node, Walker, build_steps, run_chunks
 from strop.data.prepare.report import (
@@ -54,10 +55,14 @@ def _resolved(cfg: PrepareConfig, specs: list[tuple[str, Section]]) -> str:
     return yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
 
 
-def _peak_rss_mib() -> dict[str, float]:
+def _peak_rss_mib(largest_worker: float | None = None) -> dict[str, float]:
+    """This process's peak RSS and the largest worker's (local: child processes; Ray: what
+    the actors reported)."""
     # ru_maxrss is KiB on Linux
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if largest_worker is not None:
+        kids = largest_worker
     return {"main": round(me, 1), "largest_worker": round(kids, 1)}
 
 
@@ -127,10 +132,31 @@ class _Quarantine:
         self.count += 1
 
 
-def _stream(
+@contextmanager
+def _executor(
     cfg: PrepareConfig,
     specs: list[tuple[str, Section]],
     runner: ChunkRunner,
+    info: dict[str, Any],
+    log: Callable[[str], None],
+) -> Iterator[Callable[[Iterator[Chunk]], Iterator]]:
+    """The function that turns chunks into (chunk, traces) in input order: local processes,
+    or Ray actors for the lifetime of the run."""
+    if cfg.executor == "local":
+        info["workers"] = cfg.num_workers
+        yield lambda chunks: run_chunks(chunks, runner, specs, cfg.num_workers)
+        return
+    from strop.data.prepare.ray_executor import ray_session, run_chunks_ray
+
+    with ray_session(cfg.ray, log) as ray:
+        yield lambda chunks: run_chunks_ray(
+            ray, chunks, specs, runner.out_fmt, runner.stratify, cfg.ray, info
+        )
+
+
+def _stream(
+    cfg: PrepareConfig,
+    execute: Callable[[Iterator[Chunk]], Iterator],
     walker: Walker,
     quarantine: _Quarantine,
     log: Callable[[str], None],
@@ -139,22 +165,22 @@ def _stream(
     """Every row through the workers and the walker; (lengths before, rows, bad rows)."""
     before, rows, bad, t0 = Histogram(), 0, 0, perf_counter()
     next_log = log_every
-    chunks = iter_chunks(cfg.inputs, cfg.chunk_size)
-    for chunk, (results, times) in run_chunks(chunks, runner, specs, cfg.num_workers):
-        for si, t in enumerate(times):
-            walker.stats[si].seconds += t
-        for (origin, payload), (length, node) in zip(chunk.rows, results, strict=True):
-            rows += 1
-            if length is None:  # unreadable: ``node`` holds the problem
-                bad += 1
-                entry = {"origin": origin, "step": "read", "rule": "bad_row", "reason": node}
-                quarantine({**entry, "raw": raw_text(payload)})
-                continue
-            before.add(length)
-            walker.walk(node, payload)
-        if rows >= next_log:
-            log(f"prepare: {rows} rows, {rows / (perf_counter() - t0):.0f} rows/s")
-            next_log += log_every
+    with closing(execute(iter_chunks(cfg.inputs, cfg.chunk_size))) as results_in_order:
+        for chunk, (results, times) in results_in_order:
+            for si, t in enumerate(times):
+                walker.stats[si].seconds += t
+            for (origin, payload), (length, node) in zip(chunk.rows, results, strict=True):
+                rows += 1
+                if length is None:  # unreadable: ``node`` holds the problem
+                    bad += 1
+                    entry = {"origin": origin, "step": "read", "rule": "bad_row", "reason": node}
+                    quarantine({**entry, "raw": raw_text(payload)})
+                    continue
+                before.add(length)
+                walker.walk(node, payload)
+            if rows >= next_log:
+                log(f"prepare: {rows} rows, {rows / (perf_counter() - t0):.0f} rows/s")
+                next_log += log_every
     walker.finish()
     return before, rows, bad
 
@@ -196,8 +222,10 @@ def run_prepare(
     quarantine = _Quarantine(out_dir / "quarantine.jsonl")
     walker = Walker(steps, writer, quarantine, out_dir)
     t0 = perf_counter()
+    info: dict[str, Any] = {}
     try:
-        before, rows, bad = _stream(cfg, specs, runner, walker, quarantine, log, log_every)
+        with _executor(cfg, specs, runner, info, log) as execute:
+            before, rows, bad = _stream(cfg, execute, walker, quarantine, log, log_every)
     finally:
         writer.fh.close()
         quarantine.fh.close()
@@ -223,8 +251,9 @@ def run_prepare(
         "lengths": {"edges": LENGTH_EDGES, "before": before.counts, "after": writer.after.counts},
         "seconds": round(elapsed, 3),
         "records_per_s": round(rows / elapsed) if elapsed > 0 else None,
-        "num_workers": cfg.num_workers,
-        "peak_rss_mib": _peak_rss_mib(),
+        "executor": cfg.executor,
+        "num_workers": info["workers"],
+        "peak_rss_mib": _peak_rss_mib(info.get("largest_worker_rss_mib")),
         "_before": before,
         "_after": writer.after,
     }
