@@ -20,6 +20,8 @@ CASES = {
     "sft-lora": ("sft", {"name": "lora", "r": 4, "alpha": 8, "init": "gaussian"}, True),
     "pt-full": ("pt", {"name": "full"}, True),
     "pt-lora": ("pt", {"name": "lora", "r": 4, "alpha": 8, "init": "gaussian"}, False),
+    "sft-dora": ("sft", {"name": "dora", "r": 4, "alpha": 8, "init": "gaussian"}, True),
+    "sft-qlora": ("sft", {"name": "qlora", "r": 4, "alpha": 8, "init": "gaussian"}, True),
 }
 
 

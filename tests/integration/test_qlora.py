@@ -131,3 +131,19 @@ def test_8bit_base_trains_and_saves_a_loadable_adapter(tmp_path, tiny_llama_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     tuned = PeftModel.from_pretrained(base, result.final_dir)
     assert any("lora_B" in n for n, _ in tuned.named_parameters())
+
+
+def test_qlora_loss_tracks_lora_on_the_same_data(tmp_path):
+    """Same data, seed and adapter init: the 4-bit base changes the first steps' losses by
+    little. Measured on tiny-llama: at most 0.05% relative over 6 steps (the 4-bit grid moves
+    tiny random weights by ~12%, but the loss is dominated by the shared embeddings/head)."""
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", n=24, seed=7)
+    losses = {}
+    for name in ("lora", "qlora"):
+        method = {"name": name, "r": 4, "alpha": 8, "init": "gaussian"}
+        raw = tiny_config(tmp_path / name, data, method=method,
+                          train={"max_steps": 6, "lr": 3e-3, "seed": 3})  # fmt: skip
+        losses[name] = [h["loss"] for h in train(load_config(None, raw=raw)).history]
+    for a, b in zip(losses["lora"], losses["qlora"], strict=True):
+        assert b == pytest.approx(a, rel=5e-3)
+    assert losses["lora"] != losses["qlora"]  # the base really was quantised
