@@ -4,12 +4,12 @@ Builds MMLU-shaped questions in code (seeded; k-shot prompts from generated dev 
 choices), turns them into (context, continuation) token pairs exactly as ``strop eval`` does,
 and times three scorers on the same pairs:
   strop        multiple_choice.continuation_logprobs: each question's prompt encoded once,
-               the choices packed after it, logits only at the positions read
+               the choices' later tokens on its KV cache, logits only where read
   per-choice   multiple_choice.per_choice_logprobs: the same batching, one padded row per
                (question, choice) -- the scorer strop had before
   naive        one forward of prompt + choice per (question, choice), batch 1, full logits
 Prints questions/s and the speed-up over each, checks all three agree (max |diff| of the
-log-likelihoods) and writes benchmarks/results/mc_scoring-<device>-<model>.json. Run:
+log-likelihoods) and writes benchmarks/results/mc_scoring-<device>-<model>-b<batch>.json. Run:
     python benchmarks/mc_scoring.py --model tiny-llama
 """
 
@@ -165,7 +165,8 @@ def main() -> None:
             f"{r['score']:7} {r['scorer']:11} {r['questions_per_s']:12.2f} "
             f"{r['speedup_of_strop']:18.2f} {r['max_abs_diff_vs_strop']:10.2e}"
         )
-    out = Path(__file__).parent / "results" / f"mc_scoring-{device}-{Path(args.model).name}.json"
+    name = f"mc_scoring-{device}-{Path(args.model).name}-b{args.batch_size}.json"
+    out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     meta = vars(args) | {
         "device": device,

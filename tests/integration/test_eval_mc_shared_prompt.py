@@ -1,7 +1,7 @@
-"""The shared-prompt log-likelihood scorer (each context encoded once, the choices packed after
-it) gives the scores of a straightforward one-forward-per-choice loop, on two architectures,
-for one- and many-token continuations, interleaved contexts and any batch size; soft-prompt
-adapters take the per-choice path."""
+"""The shared-prompt log-likelihood scorer (each context encoded once, the choices' later tokens
+on its KV cache) gives the scores of a straightforward one-forward-per-choice loop, on two
+architectures, for one- and many-token continuations, interleaved contexts and any batch size;
+greedy flags are right; soft-prompt adapters take the per-choice path."""
 
 from __future__ import annotations
 

@@ -187,14 +187,11 @@ def continuation_scores(
     token is the argmax) for each (ctx, cont) id pair.
 
     Pairs that share a context (the choices of one question, the labels of one text) are
-    scored together in one packed row, so the context is encoded once: the row is the context,
-    then each continuation's tokens but its last, each continuation at the positions it would
-    have right after the context and attending to the context and causally to itself only (a
-    4-D mask). The first token of every continuation is predicted from the context's last
-    position; with one-token continuations (``score: letter``) the row is the context alone
-    and the mask a plain padding mask. Logits are computed only at the positions read.
-    ``batch_size`` counts packed rows (distinct contexts) per forward. Same definition, same
-    numbers (to fp32 rounding) as ``per_choice_logprobs``, one forward per pair; soft-prompt
+    scored together so the context is encoded once (``_score_packed``): one forward of the
+    contexts, whose last position predicts every continuation's first token, then one of the
+    continuations' remaining tokens on the contexts' KV cache. ``batch_size`` counts distinct
+    contexts per forward. Same definition, same numbers (to fp32 rounding) as
+    ``per_choice_logprobs``, one forward per pair; soft-prompt
     adapters (prefix / prompt / p-tuning) use that path, as they own the KV cache and mask.
     """
     if any(not cont for _, cont in pairs):  # nothing to predict: log 1 = 0, trivially greedy
@@ -233,8 +230,9 @@ def _prompt_learning(model) -> bool:
 
 
 def _pack(ctx: list[int], conts: list[list[int]]) -> dict:
-    """One row: ids, positions, segment of each token (0 context, i + 1 the tail of
-    continuation i), and per continuation the (position read, target token) of each token."""
+    """One row: the context's ids, then each continuation's tail (its tokens but the last) with
+    its positions (continuing the context's) and segment (i + 1 for continuation i); per
+    continuation the (row position read, target token) of each of its tokens."""
     n = len(ctx)
     ids, pos, seg = list(ctx), list(range(n)), [0] * n
     targets = []
@@ -244,43 +242,71 @@ def _pack(ctx: list[int], conts: list[list[int]]) -> dict:
         ids += cont[:-1]
         pos += range(n, n + len(cont) - 1)
         seg += [i + 1] * (len(cont) - 1)
-    return {"ids": ids, "pos": pos, "seg": seg, "targets": targets, "packed": len(ids) > n}
+    return {"ids": ids, "pos": pos, "seg": seg, "n": n, "targets": targets}
 
 
 def _score_packed(model, rows: list[dict], pad_id: int) -> list[list[tuple[float, bool]]]:
+    """Two forwards. (1) The contexts, right-padded (a plain padding mask, none at all without
+    padding, so SDPA keeps its fused causal kernel), logits only at each context's last position
+    (which predicts every continuation's first token), keeping the KV cache when some
+    continuation has more tokens. (2) All tails of a row after its cached context, each tail
+    attending to the context and causally to itself only: a small [tails, context + tails]
+    mask, never one over the whole context."""
     device = next(model.parameters()).device
-    width = max(len(r["ids"]) for r in rows)
-    b = len(rows)
+    b, n = len(rows), [r["n"] for r in rows]
+    width = max(n)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((b, width), dtype=torch.long)
-    seg = torch.full((b, width), -1, dtype=torch.long)  # -1 marks padding
+    real = torch.zeros((b, width), dtype=torch.bool)
     for i, r in enumerate(rows):
-        n = len(r["ids"])
-        ids[i, :n], pos[i, :n], seg[i, :n] = (torch.tensor(r[k]) for k in ("ids", "pos", "seg"))
-    kwargs = {}
-    if any(r["packed"] for r in rows):
-        # query q sees key k <= q of the context (segment 0) or of its own segment
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        same = (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0)
-        allowed = (causal & same) | torch.eye(width, dtype=torch.bool)  # padding: itself
-        kwargs = {"attention_mask": allowed[:, None].to(device), "position_ids": pos.to(device)}
-    else:
-        kwargs = {"attention_mask": (seg >= 0).long().to(device)}
-    read = sorted({p for r in rows for t in r["targets"] for p, _ in t})
-    col = {p: j for j, p in enumerate(read)}
-    keep = torch.tensor(read, dtype=torch.long, device=device)
-    logits = model(input_ids=ids.to(device), logits_to_keep=keep, **kwargs).logits
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, len(read), V]
+        ids[i, : n[i]] = torch.tensor(r["ids"][: n[i]])
+        real[i, : n[i]] = True
+    tails = [len(r["ids"]) - r["n"] for r in rows]
+    kwargs = {} if bool(real.all()) else {"attention_mask": real.long().to(device)}
+    last = sorted(set(k - 1 for k in n))
+    keep = torch.tensor(last, dtype=torch.long, device=device)
+    first = model(input_ids=ids.to(device), logits_to_keep=keep, use_cache=max(tails) > 0, **kwargs)
+    logp = {"ctx": torch.log_softmax(first.logits.float(), dim=-1)}  # [B, len(last), V]
+    if max(tails) > 0:
+        logp["tail"] = _score_tails(model, rows, real, first.past_key_values, pad_id)
+    col = {p: j for j, p in enumerate(last)}
     out = []
     for i, r in enumerate(rows):
         scores = []
         for t in r["targets"]:
-            cols = torch.tensor([col[p] for p, _ in t], device=device)
-            tgt = torch.tensor([tok for _, tok in t], device=device)
-            greedy = bool((logp[i, cols].argmax(-1) == tgt).all())
-            scores.append((float(logp[i, cols, tgt].sum()), greedy))
+            rows_lp = [
+                logp["ctx"][i, col[p]] if p == n[i] - 1 else logp["tail"][i, p - n[i]] for p, _ in t
+            ]
+            lp = torch.stack(rows_lp)  # [tokens, V]
+            tgt = torch.tensor([tok for _, tok in t], device=lp.device)
+            greedy = bool((lp.argmax(-1) == tgt).all())
+            scores.append((float(lp.gather(1, tgt[:, None]).sum()), greedy))
         out.append(scores)
     return out
+
+
+def _score_tails(model, rows: list[dict], real: torch.Tensor, cache, pad_id: int):
+    """Log-probs [B, T, V] at every tail position, the contexts coming from ``cache``."""
+    device = next(model.parameters()).device
+    b, width = real.shape
+    tw = max(len(r["ids"]) - r["n"] for r in rows)
+    ids = torch.full((b, tw), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, tw), dtype=torch.long)
+    seg = torch.full((b, tw), -1, dtype=torch.long)  # -1 marks padding
+    for i, r in enumerate(rows):
+        k = len(r["ids"]) - r["n"]
+        ids[i, :k], pos[i, :k], seg[i, :k] = (
+            torch.tensor(r[x][r["n"] :]) for x in ("ids", "pos", "seg")
+        )
+    causal = torch.ones(tw, tw, dtype=torch.bool).tril()
+    own = (seg[:, :, None] == seg[:, None, :]) & causal | torch.eye(tw, dtype=torch.bool)
+    mask = torch.cat([real[:, None, :].expand(b, tw, width), own], dim=-1)[:, None]
+    logits = model(
+        input_ids=ids.to(device),
+        position_ids=pos.to(device),
+        attention_mask=mask.to(device),
+        past_key_values=cache,
+    ).logits
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def per_choice_logprobs(
