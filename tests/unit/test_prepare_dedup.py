@@ -225,3 +225,84 @@ def test_report_shows_example_clusters():
     clusters = step.report()["example_clusters"]
     assert len(clusters) == 2 and all(1 <= len(c["removed"]) <= 2 for c in clusters)
     assert all(0.8 <= r["similarity"] <= 1 for c in clusters for r in c["removed"])
+
+
+# -- near dedup: the cluster rule (greedy in keep order, every candidate under a band key) -------
+
+
+def hand_keyed_step(keep: str):
+    """8 permutations in 2 bands of 4 rows. A, B and C agree on the first band (key 10); in the
+    second, B and C differ in one row. So est(A, B) = est(A, C) = 0.5 and est(B, C) = 0.875."""
+    from strop.data.prepare.near_dedup import NearDedup, NearDedupParams
+
+    step = NearDedup(NearDedupParams(threshold=0.6, num_perm=8, bands=2, keep=keep))
+    sig = lambda *v: np.array(v, dtype=np.uint16).tobytes()  # noqa: E731
+    rows = [
+        ("A", [10, 20], sig(1, 1, 1, 1, 1, 1, 1, 1), 1.0),
+        ("B", [10, 30], sig(1, 1, 1, 1, 2, 2, 2, 2), 3.0),  # the longest
+        ("C", [10, 40], sig(1, 1, 1, 1, 2, 2, 2, 3), 2.0),
+    ]
+    return step, rows
+
+
+@pytest.mark.parametrize("keep", ["first", "longest"])
+def test_a_record_similar_only_to_a_later_member_of_a_band_bucket_is_found(keep: str):
+    """The old index kept only the first record stored under a band key (A under 10), so C,
+    whose only shared band with B is 10, was compared with A alone and kept."""
+    step, rows = hand_keyed_step(keep)
+    decisions = {}
+    for uid, (name, keys, sig, size) in enumerate(rows):
+        decisions[name] = step.decide((keys, sig, size), name, {"uid": uid, "raw": b"{}"})
+    if keep == "longest":
+        assert all(d.pending for d in decisions.values())
+        late = step.finish()
+        decisions = {name: late.get(uid, decisions[name]) for uid, (name, *_) in enumerate(rows)}
+    removed = {n: d.duplicate_of for n, d in decisions.items() if d.removed is not None}
+    assert removed == {"C": "B"}
+    assert decisions["C"].removed.detail.startswith("~0.88 similar to B")
+
+
+def chain(n: int, seed: int = 3) -> list[Record]:
+    """Records each a little longer than the one before and sharing ~90% of its 5-gram
+    shingles with it, so the first and last have almost nothing in common."""
+    rng = random.Random(seed)
+    words = _english(rng, 260, 260).split()
+    out = []
+    for i in range(n):
+        words[i * 12 : i * 12 + 6] = [f"changed{i:02d}x{j}" for j in range(6)]
+        out.append(chat("q", " ".join(words) + " tail" * i, i))
+    return out
+
+
+@pytest.mark.parametrize("keep", ["first", "longest"])
+def test_every_removed_record_is_similar_to_the_record_kept_in_its_place(keep: str):
+    """Old keep: longest joined the whole chain into one union-find cluster and removed its
+    first member as a duplicate of the last one, though they share few shingles."""
+    recs = chain(12)
+    hasher = MinHasher(128, seed=1)
+    sigs = hasher.signatures([shingle_hashes("q\n" + r.messages[1].content, 5) for r in recs])
+    result = clean_records(recs, [("dedup_near", {"keep": keep})])
+    assert result.removed and len(result.kept) > 1  # a chain is neither all kept nor one
+    kept = {r.origin for r in result.kept}
+    ends = np.count_nonzero(sigs[0] == sigs[-1]) / 128
+    assert ends < 0.5  # the chain's ends are not near-duplicates
+    assert [len(r.messages[1].content) for r in recs] == sorted(
+        len(r.messages[1].content) for r in recs
+    )
+    for entry in result.removed:
+        i, j = (int(o.split(":")[1]) for o in (entry["origin"], entry["duplicate_of"]))
+        assert entry["duplicate_of"] in kept
+        assert np.count_nonzero(sigs[i] == sigs[j]) / 128 >= 0.8, entry
+
+
+def test_keep_quality_with_equal_scores_equals_keep_first():
+    """Both are one rule, greedy in keep order; with every score equal the order is the input's."""
+    records, _ = planted_clusters(n_clusters=20, size=4, singles=40, seed=2)
+    for r in records:
+        r.meta["quality_ppl"] = 1.0
+    first = clean_records(records, [("dedup_near", {"keep": "first"})])
+    quality = clean_records(records, [("dedup_near", {"keep": "quality"})])
+    assert [r.origin for r in quality.kept] != []
+    assert sorted(r.origin for r in quality.kept) == sorted(r.origin for r in first.kept)
+    pairs = lambda res: sorted((e["origin"], e["duplicate_of"]) for e in res.removed)  # noqa: E731
+    assert pairs(quality) == pairs(first)

@@ -1,20 +1,25 @@
 """dedup_near: remove records that are near-duplicates of another (MinHash + LSH).
 
 Workers compute each record's MinHash signature and band keys (strop.data.prepare.minhash);
-the main process looks the band keys up in one dict per band, in input order, and confirms a
-candidate only when the signatures agree on at least ``threshold`` of their entries (the
-MinHash estimate of Jaccard similarity), so an LSH collision alone never removes a record.
+the main process looks the band keys up in one dict per band and confirms a candidate only when
+the signatures agree on at least ``threshold`` of their entries (the MinHash estimate of Jaccard
+similarity), so an LSH collision alone never removes a record.
 
-``keep: first`` decides as records arrive (a record is removed when it is similar to one kept
-earlier). ``keep: longest`` / ``quality`` link similar records into clusters (union-find) and
-keep one per cluster once the whole input has been seen, so those records wait in a spool file
-until the end. The index stores, per stored record, its band keys and a 16-bit-per-entry
-signature (b-bit MinHash, Li & König 2010: equal low 16 bits stand in for equal values, adding
-(1 - J) / 65536 to the estimate).
+One rule for every ``keep``: records are taken in keep order, and a record is removed when it is
+a verified candidate of a record already kept; otherwise it is kept and indexed under all its
+band keys. ``keep: first`` takes them in input order, so it decides as records arrive;
+``longest`` / ``quality`` take them best first (ties: input order) once the whole input has been
+seen, so their records wait in a spool file and only their keys and signatures stay in memory.
+Every removed record is therefore similar to the record kept in its place (no single-linkage
+chains), and a band bucket holds every kept record with that key, not only the first, so no
+candidate is missed. The index stores, per kept record, one dict entry per band and a
+16-bit-per-entry signature (b-bit MinHash, Li & König 2010: equal low 16 bits stand in for equal
+values, adding (1 - J) / 65536 to the estimate).
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Literal
 
 import numpy as np
@@ -70,13 +75,15 @@ class NearDedup(Step):
         if self.rows < 1:
             raise ValueError(f"bands={p.bands} exceeds num_perm={p.num_perm}")
         self.hasher = MinHasher(p.num_perm, p.seed)
-        # main-process index
-        self.tables: list[dict[int, int]] = [{} for _ in range(self.bands)]
+        # main-process index: band key -> kept record, or a list of them once a key is shared
+        self.tables: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
+        self.kept_order: dict[int, int] = {}  # stored record -> position in keep order
         self.sigs = bytearray()  # 16-bit signatures of stored records, back to back
         self.origins: list[str] = []
-        self.uids: list[int] = []  # the pipeline's id of each stored record (deferred modes)
-        self.sizes: list[float] = []  # longest/quality: the number compared within a cluster
-        self.parent: list[int] = []  # union-find over stored records (deferred modes)
+        # keep: longest / quality only: what finish() needs of every stored record
+        self.keys = array("Q")  # band keys, ``bands`` per record
+        self.sizes = array("d")  # the number compared (characters, or the signed score)
+        self.uids = array("q")  # the pipeline's id of the record
         self.previews: dict[int, str] = {}
         self.clusters: dict[int, list[tuple[str, float, str]]] = {}  # examples: rep -> dups
 
@@ -107,103 +114,99 @@ class NearDedup(Step):
         n = self.params.num_perm
         return np.frombuffer(self.sigs, dtype=np.uint16, count=n, offset=idx * n * 2)
 
-    def _matches(self, keys: list[int], sig: bytes) -> list[tuple[int, float]]:
-        cands = sorted(
-            {c for t, k in zip(self.tables, keys, strict=True) if (c := t.get(k)) is not None}
-        )
+    def _best_match(self, keys: list[int], sig: bytes) -> tuple[int, float] | None:
+        """The kept record most similar to ``sig`` among its LSH candidates (ties: the one
+        kept first), if any reaches the threshold."""
+        cands: set[int] = set()
+        for table, k in zip(self.tables, keys, strict=True):
+            hit = table.get(k)
+            if isinstance(hit, list):
+                cands.update(hit)
+            elif hit is not None:
+                cands.add(hit)
         if not cands:
-            return []
+            return None
         mine = np.frombuffer(sig, dtype=np.uint16)
-        out = []
-        for c in cands:
+        best = None
+        for c in sorted(cands, key=self.kept_order.__getitem__):
             est = float(np.count_nonzero(self._sig(c) == mine)) / len(mine)
-            if est >= self.params.threshold:
-                out.append((c, est))
-        return out
+            if est >= self.params.threshold and (best is None or est > best[1]):
+                best = (c, est)
+        return best
 
-    def _store(self, keys: list[int], sig: bytes, origin: str, size: float, info: dict) -> int:
+    def _index(self, keys: list[int], idx: int) -> None:
+        """Every kept record goes under every band key (a list once a key is shared)."""
+        self.kept_order[idx] = len(self.kept_order)
+        for table, k in zip(self.tables, keys, strict=True):
+            hit = table.get(k)
+            if hit is None:
+                table[k] = idx
+            elif isinstance(hit, list):
+                hit.append(idx)
+            else:
+                table[k] = [hit, idx]
+
+    def _store(self, sig: bytes, origin: str, info: dict) -> int:
         idx = len(self.origins)
         self.origins.append(origin)
         self.sigs += sig
-        for table, k in zip(self.tables, keys, strict=True):
-            table.setdefault(k, idx)
         if idx < PREVIEWS_KEPT:
             self.previews[idx] = _preview(raw_text(info.get("raw", b"")))
-        if self.params.keep != "first":
-            self.uids.append(info["uid"])
-            self.sizes.append(size)
-            self.parent.append(idx)
         return idx
+
+    def _removal(self, rep: int, est: float) -> Decision:
+        first = self.origins[rep]
+        how = "" if self.params.keep == "first" else f" (kept: {self.params.keep})"
+        return Decision(
+            Removed("near_duplicate", f"~{est:.2f} similar to {first}{how}"), duplicate_of=first
+        )
 
     def decide(self, key: Any, origin: str, info: dict[str, Any]) -> Decision:
         if key is None:
             return Decision()
         keys, sig, size = key
-        matches = self._matches(keys, sig)
-        if self.params.keep == "first":
-            if matches:
-                rep, est = max(matches, key=lambda m: m[1])
-                self._example(rep, origin, est, info)
-                first = self.origins[rep]
-                return Decision(
-                    Removed("near_duplicate", f"~{est:.2f} similar to {first}"), duplicate_of=first
-                )
-            self._store(keys, sig, origin, size, info)
-            return Decision()
-        idx = self._store(keys, sig, origin, size, info)
-        for rep, _ in matches:
-            self._union(rep, idx)
-        return Decision(pending=True)
+        if self.params.keep != "first":  # decided in finish(), best first
+            self._store(sig, origin, info)
+            self.keys.extend(keys)
+            self.sizes.append(size)
+            self.uids.append(info["uid"])
+            return Decision(pending=True)
+        match = self._best_match(keys, sig)
+        if match is not None:
+            rep, est = match
+            self._example(rep, origin, est, _preview(raw_text(info.get("raw", b""))))
+            return self._removal(rep, est)
+        self._index(keys, self._store(sig, origin, info))
+        return Decision()
 
-    def _example(self, rep: int, origin: str, est: float, info: dict) -> None:
+    def _example(self, rep: int, origin: str, est: float, preview: str) -> None:
         if rep in self.clusters or (
             len(self.clusters) < self.params.examples and rep in self.previews
         ):
             members = self.clusters.setdefault(rep, [])
             if len(members) < 4:
-                members.append((origin, est, _preview(raw_text(info.get("raw", b"")))))
-
-    def _find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:  # path compression
-            self.parent[i], i = root, self.parent[i]
-        return root
-
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)  # the earliest member is the root
+                members.append((origin, est, preview))
 
     def finish(self) -> dict[int, Decision]:
-        """Deferred modes: the best member of each cluster stays, the others are removed."""
-        if self.params.keep == "first":
+        """keep: longest / quality: the same greedy rule as keep: first, over the stored
+        records best first (ties: input order). Returns the removals by pipeline record id."""
+        if self.params.keep == "first" or not self.origins:
             return {}
         sizes = np.asarray(self.sizes, dtype=np.float64)
-        sizes = np.where(np.isnan(sizes), -np.inf, sizes)  # no score: never preferred
-        roots = np.fromiter((self._find(i) for i in range(len(self.parent))), dtype=np.int64)
-        best: dict[int, int] = {}
-        for i, r in enumerate(roots.tolist()):
-            b = best.get(r)
-            if b is None or sizes[i] > sizes[b]:  # strict: ties keep the earlier record
-                best[r] = i
+        sizes = np.where(np.isnan(sizes), -np.inf, sizes)  # no score: ranked last
+        order = np.lexsort((np.arange(len(sizes)), -sizes))  # best first, then input order
+        keys = np.frombuffer(self.keys, dtype=np.uint64).reshape(-1, self.bands)
         removed: dict[int, Decision] = {}
-        for i, r in enumerate(roots.tolist()):
-            keep = best[r]
-            if i != keep:
-                first = self.origins[keep]
-                rule = "near_duplicate"
-                removed[self.uids[i]] = Decision(
-                    Removed(rule, f"in a cluster represented by {first} ({self.params.keep})"),
-                    duplicate_of=first,
-                )
-                if (keep in self.clusters or len(self.clusters) < self.params.examples) and (
-                    keep in self.previews and len(self.clusters.get(keep, [])) < 4
-                ):
-                    self.clusters.setdefault(keep, []).append(
-                        (self.origins[i], float("nan"), self.previews.get(i, ""))
-                    )
+        for i in order.tolist():
+            row = keys[i].tolist()
+            sig = self._sig(i).tobytes()
+            match = self._best_match(row, sig)
+            if match is None:
+                self._index(row, i)
+                continue
+            rep, est = match
+            removed[self.uids[i]] = self._removal(rep, est)
+            self._example(rep, self.origins[i], est, self.previews.get(i, ""))
         return removed
 
     def report(self) -> dict[str, Any]:
