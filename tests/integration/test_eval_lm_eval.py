@@ -125,8 +125,8 @@ REPO = Path(__file__).parents[2]
 def test_lm_eval_acc_and_acc_norm_map_to_strop(models, monkeypatch, task_name, score):
     """lm-eval's evaluator on the bundled local task (strop's prompt) through the adapter:
     per question the four log-likelihoods are strop's own, ``acc`` is strop's ``accuracy``,
-    and ``acc_norm`` divides by the choice's characters *without* the delimiter space, where
-    strop's ``accuracy_norm`` divides by the continuation's characters *with* it."""
+    and ``acc_norm`` (log-likelihood / characters of the choice, without the delimiter space)
+    is strop's ``accuracy_norm``."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -159,5 +159,4 @@ def test_lm_eval_acc_and_acc_norm_map_to_strop(models, monkeypatch, task_name, s
         choices = s["doc"]["choices"] if score == "text" else ["A", "B", "C", "D"]
         lm_eval_norm = max(range(4), key=lambda i: lls[i] / len(choices[i]))
         assert s["acc_norm"] == float(lm_eval_norm == r["answer"])
-        strop_norm = max(range(4), key=lambda i: lls[i] / len(" " + choices[i]))
-        assert r["pred_norm"] == strop_norm
+        assert r["pred_norm"] == lm_eval_norm

@@ -119,7 +119,7 @@ def test_loglik_and_predictions_match_reference(tiny, files, shots, score):
         assert row["conts"] == conts
         assert row["ll"] == pytest.approx(ref, abs=1e-5)
         assert row["pred"] == max(range(len(ref)), key=ref.__getitem__)
-        norm = [r / len(c) for r, c in zip(ref, conts, strict=True)]
+        norm = [r / len(c.removeprefix(" ")) for r, c in zip(ref, conts, strict=True)]
         assert row["pred_norm"] == max(range(len(norm)), key=norm.__getitem__)
     assert len(rows[4]["ll"]) == 3  # empty D column: three choices
 

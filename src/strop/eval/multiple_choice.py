@@ -2,9 +2,9 @@
 
 Each choice's continuation (" A", " B", ... with ``score: letter``; " <choice text>" with
 ``score: text``) is scored by the sum of its tokens' log-probs given the prompt; the prediction is
-the argmax. ``accuracy_norm`` divides each sum by the continuation's length in characters,
-leading space included (lm-eval's ``acc_norm`` divides by the choice's characters without the
-space; docs/eval.md), before the argmax. Per-example 0/1 scores feed the paired bootstrap.
+the argmax. ``accuracy_norm`` divides each sum by the choice's length in characters, without
+the leading delimiter space, exactly as lm-eval's ``acc_norm`` (docs/eval.md), before the
+argmax. Per-example 0/1 scores feed the paired bootstrap.
 """
 
 from __future__ import annotations
@@ -345,6 +345,12 @@ def _per_choice_scores(model, pairs, batch_size: int, pad_id: int) -> list[tuple
     return out
 
 
+def choice_chars(continuation: str) -> int:
+    """Characters of the choice itself: the continuation less its leading delimiter space
+    (lm-eval's ``acc_norm`` divides by ``len(choice)``); at least 1."""
+    return max(1, len(continuation[1:] if continuation.startswith(" ") else continuation))
+
+
 def score_choices(model, tokenizer, task: TaskSpec, examples: list[MCExample]) -> list[dict]:
     """Per example: continuations, their log-likelihoods, and the plain / normalised picks."""
     dev = load_mc_file(task.dev) if task.dev else []
@@ -372,7 +378,7 @@ def score_choices(model, tokenizer, task: TaskSpec, examples: list[MCExample]) -
         rows[n]["conts"].append(cont)
         rows[n]["ll"].append(ll)
     for r in rows:
-        norm = [ll / max(1, len(c)) for ll, c in zip(r["ll"], r["conts"], strict=True)]
+        norm = [ll / choice_chars(c) for ll, c in zip(r["ll"], r["conts"], strict=True)]
         r["pred"] = max(range(len(r["ll"])), key=r["ll"].__getitem__)
         r["pred_norm"] = max(range(len(norm)), key=norm.__getitem__)
     return rows
