@@ -47,12 +47,13 @@ def save_merged(model: nn.Module, tokenizer, out: Path) -> None:
 
 
 # Per-step metrics worth a second panel, by the objective that logs them.
-SIDE_METRICS = ("rewards/margin", "rewards/accuracy", "accuracy", "margin", "kl")
+SIDE_METRICS = ("rewards/margin", "rewards/accuracy", "accuracy", "margin", "reward", "kl")
 
 
 def plot_losses(run_dir: Path) -> Path | None:
     """loss.png from metrics.jsonl: training and eval loss per step and, for objectives that
-    log them (preference, reward, KTO), reward margin / accuracy / KL in a second panel."""
+    log them (preference, reward, KTO, RL), reward margin / accuracy / reward / KL in a second
+    panel (with a 5-step moving average where there are 10 points or more)."""
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
         return None
@@ -81,7 +82,15 @@ def plot_losses(run_dir: Path) -> Path | None:
         ax2 = axes[0][1]
         for k in side:
             points = [(r["step"], r[k]) for r in rows if k in r]
-            ax2.plot(*zip(*points, strict=True), label=f"train {k}")
+            (line,) = ax2.plot(*zip(*points, strict=True), label=f"train {k}", alpha=0.5)
+            if len(points) >= 10:  # per-step RL rewards are noisy: show the trend too
+                w = 5
+                avg = [
+                    sum(v for _, v in points[i - w + 1 : i + 1]) / w
+                    for i in range(w - 1, len(points))
+                ]
+                steps = [s for s, _ in points[w - 1 :]]
+                ax2.plot(steps, avg, color=line.get_color(), lw=2, label=f"{k} ({w}-step mean)")
             points = [(r["step"], r[f"eval_{k}"]) for r in rows if f"eval_{k}" in r]
             if points:
                 ax2.plot(*zip(*points, strict=True), "o--", label=f"eval {k}")
