@@ -170,16 +170,9 @@ def run_classification(model, tokenizer, task, examples: list[ClassExample], see
         preds = [max(range(n_labels), key=row.__getitem__) for row in lls]
         answers = None
     else:
-        from strop.infer import GenerationParams, generate
+        from strop.infer import generate
 
-        params = GenerationParams(
-            max_new_tokens=task.max_new_tokens,
-            temperature=task.temperature,
-            top_p=task.top_p,
-            stop=list(task.stop),
-            batch_size=task.batch_size,
-            seed=seed,
-        )
+        params = task.generation_params(seed)
         answers = generate(
             model, tokenizer, [task.prompt.format(text=ex.text) for ex in examples], params
         )

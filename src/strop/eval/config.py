@@ -199,6 +199,19 @@ class TaskSpec(Section):
         elif self.pass_pattern is not None:
             raise ValueError(f"{where}: pass_pattern: only used with pass_check: regex")
 
+    def generation_params(self, seed: int):
+        """strop.infer.GenerationParams from this task's decoding keys."""
+        from strop.infer import GenerationParams
+
+        return GenerationParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=list(self.stop),
+            batch_size=self.batch_size,
+            seed=seed,
+        )
+
 
 class EvalConfig(Section):
     models: dict[str, ModelSpec]

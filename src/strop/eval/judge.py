@@ -43,17 +43,10 @@ def _question(messages: list[dict]) -> str:
 def run_judge_answers(model, tokenizer, task, examples: list, seed: int):
     """Per column: generate the answers; the judging happens once all columns have answered."""
     from strop.eval.tasks import TaskOutput, split_prompt
-    from strop.infer import GenerationParams, generate
+    from strop.infer import generate
 
     prompts = [split_prompt(r) for r in examples]
-    params = GenerationParams(
-        max_new_tokens=task.max_new_tokens,
-        temperature=task.temperature,
-        top_p=task.top_p,
-        stop=list(task.stop),
-        batch_size=task.batch_size,
-        seed=seed,
-    )
+    params = task.generation_params(seed)
     answers = generate(model, tokenizer, prompts, params)
     preds = [
         {"origin": r.origin, "prompt": p, "prediction": a}

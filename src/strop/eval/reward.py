@@ -76,17 +76,10 @@ def run_reward(model, tokenizer, task, examples: list, seed: int):
 
 
 def _score_policy(model, tokenizer, task, examples, seed, MetricScores, TaskOutput):
-    from strop.infer import GenerationParams, generate
+    from strop.infer import generate
     from strop.reward import score
 
-    params = GenerationParams(
-        max_new_tokens=task.max_new_tokens,
-        temperature=task.temperature,
-        top_p=task.top_p,
-        stop=list(task.stop),
-        batch_size=task.batch_size,
-        seed=seed,
-    )
+    params = task.generation_params(seed)
     answers = generate(model, tokenizer, [_conv(r.messages) for r in examples], params)
     rm, rm_tok, memo = reward_model_for(task.reward_model)
     if task.name not in memo:  # the pairs are the same for every column: score them once

@@ -173,17 +173,10 @@ def score_generations(task: TaskSpec, samples: list[list[str]], refs: list[str],
 
 
 def run_generation(model, tokenizer, task: TaskSpec, examples: list[Record], seed: int):
-    from strop.infer import GenerationParams, generate
+    from strop.infer import generate
 
     pairs = [split_reference(r) for r in examples]
-    params = GenerationParams(
-        max_new_tokens=task.max_new_tokens,
-        temperature=task.temperature,
-        top_p=task.top_p,
-        stop=list(task.stop),
-        batch_size=task.batch_size,
-        seed=seed,
-    )
+    params = task.generation_params(seed)
     n = task.n_samples
     # Each prompt n times in a row: one seeded generate call draws n different samples.
     flat = generate(model, tokenizer, [p for p, _ in pairs for _ in range(n)], params)
