@@ -136,3 +136,39 @@ def test_first_failing_rule_is_reported_and_counted():
     assert (s.into, s.kept, s.removed) == (3, 1, 2)
     assert dict(s.rules) == {"min_chars": 1, "ngram_repeat": 1}
     assert {r["origin"]: r["step"] for r in result.removed} == {"t:1": "filter", "t:2": "filter"}
+
+
+def test_chunk_statistics_equal_the_per_text_functions():
+    """The filter's one-pass statistics of a chunk give, record by record, exactly what the
+    per-text functions give (mixed layouts, CJK, astral characters, empty turns, texts longer
+    than the language sample)."""
+    import random
+
+    from strop.data.prepare.base import response_texts, texts
+    from strop.data.prepare.filters import char_ratios, chunk_stats
+    from strop.data.prepare.lang import SAMPLE_CHARS, counts_of_row, script_counts
+
+    rng = random.Random(0)
+    alphabet = "abc XYZ 123 !?.,;\n\t中文字。，「」カナ한국어Жж€😀\u3000\xa0"
+    rand = lambda lo, hi: "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))  # noqa: E731
+    recs = []
+    for i in range(300):
+        kind = i % 4
+        if kind == 0:
+            msgs = [Message(rng.choice(["system", "user", "assistant"]), rand(0, 60))
+                    for _ in range(rng.randint(1, 4))]  # fmt: skip
+            recs.append(Record(f"t:{i}", messages=msgs))
+        elif kind == 1:
+            recs.append(Record(f"t:{i}", text=rand(0, 3 * SAMPLE_CHARS)))
+        elif kind == 2:
+            recs.append(Record(f"t:{i}", messages=[Message("user", rand(1, 30))],
+                               chosen=[Message("assistant", rand(0, 50))],
+                               rejected=[Message("assistant", rand(0, 50))]))  # fmt: skip
+        else:
+            recs.append(chat(rand(SAMPLE_CHARS, SAMPLE_CHARS + 50), rand(0, 80), i))
+    stats = chunk_stats(recs, ratios=True, scripts=True)
+    for i, rec in enumerate(recs):
+        assert stats.ratios[i] == [char_ratios(t) for t in response_texts(rec)], i
+        assert counts_of_row(stats.scripts[i]) == script_counts("\n".join(texts(rec))), i
+    assert any(r is not None for rs in stats.ratios for r in rs)
+    assert any(r is None for rs in stats.ratios for r in rs)

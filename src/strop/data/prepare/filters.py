@@ -10,7 +10,7 @@ chosen/rejected/completion, documents); ``languages`` looks at all the text of a
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -27,8 +27,16 @@ from strop.data.prepare.base import (
     ngram_tokens,
     response_texts,
     texts,
+    turns,
 )
-from strop.data.prepare.lang import detect_language
+from strop.data.prepare.lang import (
+    RANGES,
+    SAMPLE_CHARS,
+    SCRIPTS,
+    counts_of_row,
+    detect_language,
+    script_counts,
+)
 from strop.data.records import Record
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -155,6 +163,69 @@ def char_ratios(text: str) -> tuple[float, float] | None:
     return int(np.count_nonzero(symbol)) / dense, digits / dense
 
 
+@dataclass
+class ChunkStats:
+    """Code-point statistics of a chunk, from one encode and one vectorised pass over all its
+    text: (symbol share, digit share) of every response, as ``char_ratios`` gives them, and
+    each record's script counts, as ``lang.script_counts`` gives them."""
+
+    ratios: list[list[tuple[float, float] | None]]  # per record, per response
+    scripts: list[list[int]] | None  # per record, letters per script in lang.SCRIPTS order
+
+
+def _pieces(rec: Record) -> tuple[list[str], list[bool]]:
+    """A record's text pieces (``texts``) and which of them are responses (``response_texts``,
+    in the same order)."""
+    if rec.text is not None:
+        return [rec.text], [True]
+    pairs = turns(rec)
+    return [m.content for _, m in pairs], [m.role == "assistant" for _, m in pairs]
+
+
+def chunk_stats(records: list[Record], ratios: bool, scripts: bool) -> ChunkStats:
+    """One encode of the chunk's text, one class-table lookup per code point and one bincount
+    by (piece, class): spaces, digits, symbols and letters per script of every text piece."""
+    pieces, is_resp, owner = [], [], []
+    for r, rec in enumerate(records):
+        ps, resp = _pieces(rec)
+        pieces += ps
+        is_resp += resp
+        owner += [r] * len(ps)
+    n, m = len(records), len(pieces)
+    out = ChunkStats([[] for _ in range(n)], None)
+    if not (ratios or scripts) or m == 0:
+        out.scripts = [[0] * len(SCRIPTS) for _ in range(n)] if scripts else None
+        return out
+    # pieces joined by "\n"; the separators go to a row of their own (m), dropped after
+    cps = np.frombuffer("\n".join(pieces).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    lens = np.fromiter(map(len, pieces), dtype=np.int64, count=m)
+    piece_of = np.repeat(np.arange(m), lens + 1)[: len(cps)]
+    piece_of[np.cumsum(lens + 1)[:-1] - 1] = m
+    codes = CLASS_TABLE[np.minimum(cps, len(CLASS_TABLE) - 1)]
+    codes[(cps >= HAN_ASTRAL[0]) & (cps <= HAN_ASTRAL[1])] = SCRIPT_BASE + SCRIPTS.index("han")
+    table = np.bincount(piece_of * N_CLASSES + codes, minlength=(m + 1) * N_CLASSES)
+    table = table.reshape(m + 1, N_CLASSES)[:m]
+    if ratios:
+        dense = (lens - table[:, SPACE]).tolist()
+        digits, symbols = table[:, DIGIT].tolist(), table[:, SYMBOL].tolist()
+        for i, r in enumerate(owner):
+            if is_resp[i]:
+                d = dense[i]
+                out.ratios[r].append(
+                    None if d < MIN_RATIO_CHARS else (symbols[i] / d, digits[i] / d)
+                )
+    if scripts:
+        per_rec = np.zeros((n, N_CLASSES), dtype=np.int64)
+        np.add.at(per_rec, np.asarray(owner, dtype=np.int64), table)
+        out.scripts = per_rec[:, SCRIPT_BASE:].tolist()
+        # the detector reads a record's first SAMPLE_CHARS characters: recount longer ones
+        rec_len = np.bincount(owner, weights=lens + 1, minlength=n) - 1
+        for r in np.flatnonzero(rec_len > SAMPLE_CHARS).tolist():
+            counts = script_counts("\n".join(texts(records[r])))
+            out.scripts[r] = [counts.get(name, 0) for name in SCRIPTS]
+    return out
+
+
 def _symbol_table() -> np.ndarray:
     table = np.zeros(0x10000, dtype=bool)
     for lo, hi in ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E), (0xA1, 0xBF),
@@ -166,6 +237,31 @@ def _symbol_table() -> np.ndarray:
 
 
 SYMBOL_TABLE = _symbol_table()
+
+# One class per code point for chunk_stats: OTHER, SPACE, DIGIT, SYMBOL (as char_ratios counts
+# them), or SCRIPT_BASE + the index of its script in lang.SCRIPTS (as script_counts counts
+# them). The two groups never overlap (checked here), so one lookup serves both statistics.
+OTHER, SPACE, DIGIT, SYMBOL, SCRIPT_BASE = range(5)
+N_CLASSES = SCRIPT_BASE + len(SCRIPTS)
+HAN_ASTRAL = (0x20000, 0x2FA1F)  # the only script range above the table
+
+
+def _class_table() -> np.ndarray:
+    table = np.full(0x10000, OTHER, dtype=np.int64)
+    table[SYMBOL_TABLE] = SYMBOL
+    table[48:58] = DIGIT
+    table[[*range(33), 0xA0, 0x3000]] = SPACE
+    for lo, hi, name in RANGES:
+        if lo < 0x10000:
+            assert (table[lo : hi + 1] == OTHER).all(), (lo, hi)
+            table[lo : hi + 1] = SCRIPT_BASE + SCRIPTS.index(name)
+        else:
+            assert (lo, hi) == HAN_ASTRAL and name == "han"
+    table[0xFFFF] = OTHER  # code points above the table are clipped to this entry
+    return table
+
+
+CLASS_TABLE = _class_table()
 
 
 class Filter(Step):
@@ -200,15 +296,21 @@ class Filter(Step):
         p = self.params
         need_tokens = p.min_tokens or p.max_tokens or p.max_total_tokens
         counts = self._token_counts(records) if need_tokens else [None] * len(records)
-        return [self._check(rec, n) for rec, n in zip(records, counts, strict=True)]
+        need_lang = self.languages is not None or p.annotate_language
+        need_ratios = p.max_symbol_ratio is not None or p.max_digit_ratio is not None
+        stats = chunk_stats(records, need_ratios, need_lang)
+        return [
+            self._check(rec, n, stats, i)
+            for i, (rec, n) in enumerate(zip(records, counts, strict=True))
+        ]
 
-    def _check(self, rec: Record, tokens: list[int] | None) -> Result:
-        removed = self._lengths(rec, tokens) or self._content(rec)
+    def _check(self, rec: Record, tokens: list[int] | None, stats: ChunkStats, i: int) -> Result:
+        removed = self._lengths(rec, tokens) or self._content(rec, stats.ratios[i])
         if removed is not None:
             return removed
-        if self.languages is None and not self.params.annotate_language:
+        if stats.scripts is None:
             return None
-        lang = detect_language("\n".join(texts(rec)))
+        lang = detect_language("\n".join(texts(rec)), counts_of_row(stats.scripts[i]))
         allowed = lang == "und" and self.params.keep_undetermined
         if self.languages is not None and lang not in self.languages and not allowed:
             return Removed("language", f"detected {lang}", {f"lang:{lang}": 1})
@@ -236,10 +338,10 @@ class Filter(Step):
                 return Removed("max_total_tokens", f"{sum(tokens)} tokens in all")
         return None
 
-    def _content(self, rec: Record) -> Removed | None:
+    def _content(self, rec: Record, ratios: list[tuple[float, float] | None]) -> Removed | None:
         p = self.params
         responses = response_texts(rec)
-        for t in responses:
+        for j, t in enumerate(responses):
             if p.max_ngram_repeat is not None:
                 r = ngram_repeat(t, p.ngram_n)
                 if r is not None and r > p.max_ngram_repeat:
@@ -248,14 +350,12 @@ class Filter(Step):
                 r = line_repeat(t)
                 if r is not None and r > p.max_line_repeat:
                     return Removed("line_repeat", f"{r:.2f} of lines repeat")
-            if p.max_symbol_ratio is not None or p.max_digit_ratio is not None:
-                ratios = char_ratios(t)
-                if ratios is not None:
-                    sym, dig = ratios
-                    if p.max_symbol_ratio is not None and sym > p.max_symbol_ratio:
-                        return Removed("symbol_ratio", f"{sym:.2f} symbols")
-                    if p.max_digit_ratio is not None and dig > p.max_digit_ratio:
-                        return Removed("digit_ratio", f"{dig:.2f} digits")
+            if ratios and ratios[j] is not None:  # computed only when a ratio rule is on
+                sym, dig = ratios[j]
+                if p.max_symbol_ratio is not None and sym > p.max_symbol_ratio:
+                    return Removed("symbol_ratio", f"{sym:.2f} symbols")
+                if p.max_digit_ratio is not None and dig > p.max_digit_ratio:
+                    return Removed("digit_ratio", f"{dig:.2f} digits")
         if self.banned_phrase is not None or self.banned_regexes:
             everything = "\n".join(texts(rec))
             if self.banned_phrase is not None and (m := self.banned_phrase.search(everything)):

@@ -87,10 +87,17 @@ def _latin_language(text: str) -> str:
     return "en"
 
 
-def detect_language(text: str) -> str:
+def counts_of_row(row: list[int]) -> Counter[str]:
+    """script_counts' Counter from a row of counts in SCRIPTS order."""
+    return Counter({name: c for name, c in zip(SCRIPTS, row, strict=True) if c})
+
+
+def detect_language(text: str, counts: Counter[str] | None = None) -> str:
     """An ISO 639-1 code (en, zh, ja, ko, fr, de, es, pt, it, nl, ru, ar, el, he, th, hi) or
-    "und" when there are too few letters to say."""
-    counts = script_counts(text)
+    "und" when there are too few letters to say. ``counts``: the text's script_counts when
+    already computed (the filter counts a whole chunk in one pass)."""
+    if counts is None:
+        counts = script_counts(text)
     letters = sum(counts.values())
     if letters < MIN_LETTERS and not (counts["han"] + counts["kana"] + counts["hangul"] >= 2):
         return "und"
