@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from strop.config import load_config
 from strop.errors import StropError
@@ -89,3 +91,17 @@ def test_every_stage_has_an_objective_and_a_missing_one_is_refused_up_front(monk
     assert "stage: 'ppo' is not implemented yet (available: pt, sft, dpo" in _err(
         overrides=["stage=ppo", "ppo.rewards=[math_answer]"]
     )
+
+
+def _is_train_config(path: Path) -> bool:
+    tree = yaml.safe_load(path.read_text()) or {}
+    return isinstance(tree, dict) and "train" in tree and "tasks" not in tree
+
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+TRAIN_EXAMPLES = sorted(p for p in EXAMPLES.rglob("*.yaml") if _is_train_config(p))
+
+
+@pytest.mark.parametrize("path", TRAIN_EXAMPLES, ids=lambda p: str(p.relative_to(EXAMPLES)))
+def test_example_training_configs_validate(path):
+    assert load_config(path).train.output_dir.startswith("runs/")
