@@ -171,3 +171,17 @@ def test_refusals(tmp_path):
         train(_cfg(tmp_path / "b", ppo={"rewards": ["nope"]}))
     with pytest.raises(StropError, match="adapter_off needs an adapter method"):
         train(_cfg(tmp_path / "c", ppo={"reference": "adapter_off"}))
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo"])
+def test_bf16_lora_with_an_adapter_off_reference(tmp_path, stage):
+    """bf16 autocast stores the frozen linears in bf16: sampling, the adapter-off reference,
+    the value head and greedy eval must all run under the training precision."""
+    raw = _raw(tmp_path, method=LORA, data={"eval": 0.25},
+               train={"max_steps": 2, "precision": "bf16", "eval_every": 1})  # fmt: skip
+    if stage == "grpo":
+        del raw["ppo"]
+        raw.update(stage="grpo", grpo={"group_size": 2, "max_new_tokens": 12, "beta": 0.05,
+                                       "rewards": [ALPHA]})  # fmt: skip
+    hist = train(load_config(None, raw=raw)).history
+    assert all(h["loss"] == h["loss"] for h in hist) and hist[-1]["kl"] > 0

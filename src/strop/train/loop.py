@@ -92,7 +92,8 @@ def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: 
     """Mean loss per unit (target token, pair, example) and the objective's metrics over the
     eval rows, all ranks; perplexity for token-level objectives."""
     if hasattr(objective, "evaluate_rows"):  # online RL: score greedy completions
-        return objective.evaluate_rows(rows)
+        with _autocast(cfg.train.precision, d.device):
+            return objective.evaluate_rows(rows)
     module.eval()
     sums = LossSums(d.device)
     mine, bs = rows[d.rank :: d.world], cfg.train.batch_size
@@ -250,8 +251,12 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
                 raise Interrupted(state["step"], signals.signum or signal.SIGTERM)
             step = state["step"]
             take = lambda: [rows[j] for j in sampler.next_step()]  # noqa: E731
-            # Online RL objectives sample completions for (some of) the step's rows here.
-            step_rows = objective.rollout(take, step) if hasattr(objective, "rollout") else take()
+            # Online RL objectives sample completions for the step's rows here, in the training
+            # precision (bf16 frozen weights need autocast; sampled log-probs match training's).
+            with _autocast(cfg.train.precision, d.device):
+                step_rows = (
+                    objective.rollout(take, step) if hasattr(objective, "rollout") else take()
+                )
             batches, n_local = _step_batches(objective, step_rows, cfg, pad_id, d.device)
             n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
             loss, metrics = _forward_backward(module, batches, n_global, cfg, d)
