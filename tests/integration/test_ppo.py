@@ -48,7 +48,9 @@ def test_first_step_policy_loss_is_zero_but_gradient_is_not(tmp_path):
                 "value_clip_fraction", "entropy", "explained_variance", "completion_len",
                 "time/generate", "time/values"):  # fmt: skip
         assert key in first, key
-    assert first["kl"] == 0.0  # the policy is still the reference
+    # the policy is still the reference: the sampler's incremental log-probs and a full
+    # forward differ only by fp32 summation order (measured 3.6e-7 nats with 2 threads)
+    assert abs(first["kl"]) < 1e-5
     assert (res.final_dir / "value_head.safetensors").exists()
 
 
