@@ -120,19 +120,16 @@ def _strop_train(cfg_path, env_extra=None):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_kill_and_resume_inside_an_iteration_cycle_is_bit_identical(tmp_path):
-    total, kill_at = 6, 3  # num_iterations 2: step 3 reuses step 2's rollouts
+def kill_and_resume(tmp_path, make_raw, total: int, kill_at: int) -> tuple[dict, dict, Path, Path]:
+    """Run a config straight through, and again with a real SIGTERM after step ``kill_at``
+    followed by a resume; returns both runs' per-step metrics and run dirs.
+    ``make_raw(dir, train_overrides)`` builds the raw config."""
     configs = {}
     for name in ("straight", "killed"):
-        raw = _raw(
-            tmp_path / name,
-            method={"name": "lora", "r": 4, "dropout": 0.1},
-            grpo={"num_iterations": 2, "beta": 0.05},
-            train={"max_steps": total, "save_every": 1, "keep_last": 2, "output_dir":
-                   str(tmp_path / name / "run")},
-        )  # fmt: skip
+        train_opts = {"max_steps": total, "save_every": 1, "keep_last": 2,
+                      "output_dir": str(tmp_path / name / "run")}  # fmt: skip
         configs[name] = tmp_path / f"{name}.yaml"
-        configs[name].write_text(yaml.safe_dump(raw))
+        configs[name].write_text(yaml.safe_dump(make_raw(tmp_path / name, train_opts)))
     straight = _strop_train(configs["straight"])
     assert straight.returncode == 0, straight.stderr
     killed = _strop_train(configs["killed"], {FAULT_ENV: str(kill_at)})
@@ -146,15 +143,29 @@ def test_kill_and_resume_inside_an_iteration_cycle_is_bit_identical(tmp_path):
         return {r["step"]: r for r in rows if "loss" in r}
 
     a, b = tmp_path / "straight" / "run", tmp_path / "killed" / "run"
-    ma, mb = metrics(a), metrics(b)
+    return metrics(a), metrics(b), a, b
+
+
+def assert_same_files(a: Path, b: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        wa, wb = load_file(a / "final" / name), load_file(b / "final" / name)
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
+
+
+def test_kill_and_resume_inside_an_iteration_cycle_is_bit_identical(tmp_path):
+    # num_iterations 2: step 3 reuses step 2's rollouts
+    ma, mb, a, b = kill_and_resume(
+        tmp_path,
+        lambda d, train_opts: _raw(d, method={"name": "lora", "r": 4, "dropout": 0.1},
+                                   grpo={"num_iterations": 2, "beta": 0.05}, train=train_opts),
+        total=6, kill_at=3,
+    )  # fmt: skip
     for step in ma:
         for k in ("loss", "grad_norm", "tokens", "reward", "kl", "clip_fraction"):
             assert ma[step][k] == mb[step][k], (step, k)
     assert ma[4]["clip_fraction"] > 0 or ma[4]["loss"] != 0  # iteration 2: ratios != 1
-    wa = load_file(a / "final" / "adapter_model.safetensors")
-    wb = load_file(b / "final" / "adapter_model.safetensors")
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    assert_same_files(a, b, ("adapter_model.safetensors",))
 
 
 GOLDEN_CASES = {

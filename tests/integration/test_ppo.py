@@ -5,18 +5,13 @@ clear refusals."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
-import yaml
-from safetensors.torch import load_file
 
 from strop.config import load_config
 from strop.errors import StropError
-from strop.train.loop import FAULT_ENV, train
+from strop.train.loop import train
 from tests.helpers import check_golden, tiny_config, write_preference_jsonl
-from tests.integration.test_grpo import ALPHA, _strop_train, write_prompts
+from tests.integration.test_grpo import ALPHA, assert_same_files, kill_and_resume, write_prompts
 
 LORA = {"name": "lora", "r": 4, "alpha": 8}
 
@@ -96,40 +91,18 @@ def test_adaptive_kl_moves_the_coefficient(tmp_path):
 
 
 def test_kill_and_resume_inside_an_iteration_cycle_is_bit_identical(tmp_path):
-    total, kill_at = 6, 3  # num_iterations 2: step 3 reuses step 2's rollouts
-    configs = {}
-    for name in ("straight", "killed"):
-        raw = _raw(
-            tmp_path / name,
-            method={**LORA, "dropout": 0.1},
-            ppo={"num_iterations": 2, "adaptive_kl": True, "kl_target": 0.5, "kl_horizon": 50},
-            train={"max_steps": total, "save_every": 1, "keep_last": 2, "output_dir":
-                   str(tmp_path / name / "run")},
-        )  # fmt: skip
-        configs[name] = tmp_path / f"{name}.yaml"
-        configs[name].write_text(yaml.safe_dump(raw))
-    straight = _strop_train(configs["straight"])
-    assert straight.returncode == 0, straight.stderr
-    killed = _strop_train(configs["killed"], {FAULT_ENV: str(kill_at)})
-    assert killed.returncode == 128 + 15, killed.stderr
-    resumed = _strop_train(configs["killed"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout
-
-    def metrics(run):
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        return {r["step"]: r for r in rows if "loss" in r}
-
-    a, b = tmp_path / "straight" / "run", tmp_path / "killed" / "run"
-    ma, mb = metrics(a), metrics(b)
+    # num_iterations 2: step 3 reuses step 2's rollouts; the KL controller's state travels too
+    ppo = {"num_iterations": 2, "adaptive_kl": True, "kl_target": 0.5, "kl_horizon": 50}
+    ma, mb, a, b = kill_and_resume(
+        tmp_path,
+        lambda d, train_opts: _raw(d, method={**LORA, "dropout": 0.1}, ppo=ppo, train=train_opts),
+        total=6, kill_at=3,
+    )  # fmt: skip
     for step in ma:
         for k in ("loss", "grad_norm", "tokens", "reward", "kl", "kl_coef", "value_loss"):
             assert ma[step][k] == mb[step][k], (step, k)
     assert len({ma[s]["kl_coef"] for s in ma}) > 1  # the controller really moved
-    for name in ("adapter_model.safetensors", "value_head.safetensors"):
-        wa, wb = load_file(a / "final" / name), load_file(b / "final" / name)
-        for k in wa:
-            assert torch.equal(wa[k], wb[k]), (name, k)
+    assert_same_files(a, b, ("adapter_model.safetensors", "value_head.safetensors"))
 
 
 GOLDEN_CASES = {
