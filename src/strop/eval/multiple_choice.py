@@ -94,16 +94,20 @@ def load_mc_file(path: str | Path) -> list[MCExample]:
                 out.append(_parse_row(row, f"{path}:{start}"))
                 start = reader.line_num + 1
         return out
+    return [_parse_row(row, origin) for origin, row in jsonl_values(path)]
+
+
+def jsonl_values(path: Path):
+    """Yield ``("file:line", parsed value)`` for every non-blank line of a JSONL file; invalid
+    JSON stops with the line named."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as exc:
                 raise StropError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            out.append(_parse_row(row, f"{path}:{lineno}"))
-    return out
 
 
 def load_mc_examples(task: TaskSpec) -> list[MCExample]:

@@ -26,7 +26,6 @@ relevant document (no cut-off).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,17 +45,12 @@ class RetrievalQuery:
 
 
 def _jsonl(path: Path):
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StropError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise StropError(f"{path}:{lineno}: expected a JSON object")
-            yield f"{path}:{lineno}", row
+    from strop.eval.multiple_choice import jsonl_values
+
+    for origin, row in jsonl_values(path):
+        if not isinstance(row, dict):
+            raise StropError(f"{origin}: expected a JSON object")
+        yield origin, row
 
 
 def load_corpus(path: str | Path) -> tuple[list[str], list[str]]:
