@@ -47,3 +47,74 @@ def test_pii_gate_equals_the_one_regex_it_replaces():
     decided = [may_contain_pii(t) for t in texts]
     assert decided == [REF_PII_GATE.search(t) is not None for t in texts]
     assert 0.2 < sum(decided) / len(decided) < 0.95  # both answers are exercised
+
+
+# -- normalise --------------------------------------------------------------------------------------
+REF_SPACE_RUN = re.compile(r"(?<=\S)[ \t\u00a0\u2000-\u200a\u202f\u205f]+")
+
+
+def ref_whitespace(text: str, max_blank_lines: int) -> str:
+    from strop.data.prepare.normalise import TRAILING_RE, _outside_code
+
+    text = _outside_code(text, lambda part: REF_SPACE_RUN.sub(" ", part))
+    text = TRAILING_RE.sub("\n", text)
+    limit = "\n" * (max_blank_lines + 1)
+    while limit + "\n" in text:
+        text = text.replace(limit + "\n", limit)
+    return text.strip()
+
+
+def ref_unicode_form(text: str, p) -> str:
+    import unicodedata
+
+    from strop.data.prepare.base import CJK_RE
+    from strop.data.prepare.normalise import (
+        _FULLWIDTH_ALNUM,
+        _PARK,
+        _UNPARK,
+        HALFWIDTH_KATAKANA_RE,
+    )
+
+    if text.isascii():
+        return text
+    if p.fullwidth_ascii:
+        text = text.translate(_FULLWIDTH_ALNUM)
+    if p.halfwidth_katakana and HALFWIDTH_KATAKANA_RE.search(text):
+        text = HALFWIDTH_KATAKANA_RE.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+    if p.unicode == "none":
+        return text
+    if p.unicode == "NFKC" and p.keep_cjk_punctuation and CJK_RE.search(text):
+        return unicodedata.normalize("NFKC", text.translate(_PARK)).translate(_UNPARK)
+    return unicodedata.normalize(p.unicode, text)
+
+
+def test_normalise_sub_steps_equal_their_reference():
+    from strop.data.prepare.normalise import (
+        CONTROL_RE,
+        Normalise,
+        NormaliseParams,
+        unicode_form,
+        whitespace,
+    )
+
+    extra = [
+        "a  b\t\tc",
+        "x \t y",
+        "a\u3000\u3000b",
+        "ｶﾀｶﾅ，中文（）",
+        "\ue000中\ue008",
+        "`a  b` c  d",
+    ]
+    texts = tricky_texts(3000, seed=2) + extra
+    for blank in (0, 1, 2):
+        assert [whitespace(t, blank) for t in texts] == [ref_whitespace(t, blank) for t in texts]
+    for form in ("NFKC", "NFC", "none"):
+        for flags in ((True, True, True), (False, False, False), (True, False, True)):
+            p = NormaliseParams(unicode=form, keep_cjk_punctuation=flags[0],
+                                halfwidth_katakana=flags[1], fullwidth_ascii=flags[2])  # fmt: skip
+            assert [unicode_form(t, p) for t in texts] == [ref_unicode_form(t, p) for t in texts]
+    control = dict(Normalise(NormaliseParams()).subs)["control"]
+    ref = [CONTROL_RE.sub("", t.replace("\r\n", "\n").replace("\r", "\n")) for t in texts]
+    assert [control(t) for t in texts] == ref
+    changed = sum(whitespace(t, 1) != t for t in texts)
+    assert 0.3 < changed / len(texts) < 1  # both answers are exercised

@@ -133,30 +133,60 @@ _FULLWIDTH_ALNUM = {
     for c in range(0xFF01, 0xFF5F)
     if chr(c - 0xFEE0).isalnum()  # letters and digits only; punctuation stays (see above)
 }
+FULLWIDTH_ALNUM_RE = re.compile(f"[{''.join(map(chr, _FULLWIDTH_ALNUM))}]")
 HALFWIDTH_KATAKANA_RE = re.compile("[\uff65-\uff9f]+")
-# Runs of spaces after a non-space character: indentation at the start of a line is kept.
-SPACE_RUN_RE = re.compile(r"(?<=\S)[ \t\u00a0\u2000-\u200a\u202f\u205f]+")
+# Runs of spaces after a non-space character become one space: indentation at the start of a
+# line is kept. Only runs that this changes are matched (two or more characters, or one that is
+# not a plain space): matching every single space between words made this the slowest sub-step.
+# The pattern starts with the character class so the regex engine can skip to the next space
+# at C speed; the look-behinds then check that the run follows a non-space character and, for a
+# run of one, that it is not a plain space.
+_SPACES = " \t\u00a0\u2000-\u200a\u202f\u205f"
+SPACE_RUN_RE = re.compile(f"[{_SPACES}](?<=\\S[{_SPACES}])(?:[{_SPACES}]+|(?<=[^ ]))")
 TRAILING_RE = re.compile(r" +\n")
+
+
+def _translate_few(text: str, mapping: dict[int, int]) -> str:
+    """``text.translate(mapping)`` for a few one-character mappings whose targets are not
+    sources: one C-speed scan per character instead of a dict lookup per character of text."""
+    for src, dst in mapping.items():
+        ch = chr(src)
+        if ch in text:
+            text = text.replace(ch, chr(dst))
+    return text
 
 
 def unicode_form(text: str, p: NormaliseParams) -> str:
     if text.isascii():
         return text  # ASCII is invariant under every normal form: the common case, skipped
-    if p.fullwidth_ascii:
+    if p.fullwidth_ascii and FULLWIDTH_ALNUM_RE.search(text):
         text = text.translate(_FULLWIDTH_ALNUM)
     if p.halfwidth_katakana and HALFWIDTH_KATAKANA_RE.search(text):
         text = HALFWIDTH_KATAKANA_RE.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     if p.unicode == "none":
         return text
     if p.unicode == "NFKC" and p.keep_cjk_punctuation and CJK_RE.search(text):
-        return unicodedata.normalize("NFKC", text.translate(_PARK)).translate(_UNPARK)
+        parked = unicodedata.normalize("NFKC", _translate_few(text, _PARK))
+        return _translate_few(parked, _UNPARK)
     return unicodedata.normalize(p.unicode, text)
+
+
+def _newlines(text: str) -> str:
+    """CRLF and lone CR -> LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _collapse_spaces(text: str) -> str:
+    if text.isascii() and "  " not in text and "\t" not in text:
+        return text  # its only spaces are single ASCII spaces: nothing to collapse
+    return SPACE_RUN_RE.sub(" ", text)
 
 
 def whitespace(text: str, max_blank_lines: int) -> str:
     """Collapse inner runs of spaces (not inside code), trailing spaces and blank lines."""
-    text = _outside_code(text, lambda part: SPACE_RUN_RE.sub(" ", part))
-    text = TRAILING_RE.sub("\n", text)
+    text = _outside_code(text, _collapse_spaces)
+    if " \n" in text:
+        text = TRAILING_RE.sub("\n", text)
     limit = "\n" * (max_blank_lines + 1)
     while limit + "\n" in text:
         text = text.replace(limit + "\n", limit)
@@ -181,7 +211,7 @@ class Normalise(Step):
             subs.append(
                 (
                     "control",
-                    lambda t: CONTROL_RE.sub("", t.replace("\r\n", "\n").replace("\r", "\n")),
+                    lambda t: CONTROL_RE.sub("", _newlines(t)),
                 )
             )
         subs.append(("unicode", lambda t: unicode_form(t, p)))
