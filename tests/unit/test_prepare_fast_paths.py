@@ -118,3 +118,21 @@ def test_normalise_sub_steps_equal_their_reference():
     assert [control(t) for t in texts] == ref
     changed = sum(whitespace(t, 1) != t for t in texts)
     assert 0.3 < changed / len(texts) < 1  # both answers are exercised
+
+
+# -- dedup_near -------------------------------------------------------------------------------------
+def test_token_hashes_from_code_points_equal_hashing_the_token_lists():
+    """``text_token_hashes`` tokenises and hashes whole chunks from their code points; it gives
+    ``token_hashes`` of exactly the tokens ``ngram_tokens`` / ``char_tokens`` produce."""
+    import numpy as np
+
+    from strop.data.prepare.base import ngram_tokens
+    from strop.data.prepare.minhash import char_tokens, text_token_hashes, token_hashes
+
+    texts = tricky_texts(2000, seed=3) + ["", " ", "a", "y" * 300 + " z", "中" * 3 + "ab" * 200]
+    for mode, tokenize in (("words", ngram_tokens), ("chars", char_tokens)):
+        for chunk in (texts[:1], texts[-5:], [""], ["", "\n"], texts):
+            hashes, counts = text_token_hashes(chunk, mode)
+            lists = [tokenize(t) for t in chunk]
+            assert counts.tolist() == [len(tokens) for tokens in lists]
+            assert np.array_equal(hashes, token_hashes([t for ts in lists for t in ts]))
