@@ -136,3 +136,60 @@ def test_token_hashes_from_code_points_equal_hashing_the_token_lists():
             lists = [tokenize(t) for t in chunk]
             assert counts.tolist() == [len(tokens) for tokens in lists]
             assert np.array_equal(hashes, token_hashes([t for ts in lists for t in ts]))
+
+
+# -- text access, filter, dedup_exact ---------------------------------------------------------------
+def mixed_records(n: int, seed: int) -> list:
+    """Chat, text, preference and KTO records of tricky texts."""
+    from strop.data.records import Message, Record
+
+    rng = random.Random(seed)
+    pool = tricky_texts(4 * n, seed=seed)
+    pick = lambda: rng.choice(pool)  # noqa: E731
+    msg = lambda role: Message(role, pick())  # noqa: E731
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            roles = ["system", "user", "assistant", "tool", "user", "assistant"]
+            out.append(Record(f"t:{i}", messages=[msg(r) for r in roles[: rng.randint(1, 6)]]))
+        elif kind == 1:
+            out.append(Record(f"t:{i}", text=pick()))
+        elif kind == 2:
+            out.append(Record(f"t:{i}", messages=[msg("user")], chosen=[msg("assistant")],
+                              rejected=[msg("assistant")]))  # fmt: skip
+        else:
+            out.append(Record(f"t:{i}", messages=[msg("user")], completion=[msg("assistant")],
+                              label=rng.random() < 0.5))  # fmt: skip
+    return out
+
+
+def test_texts_equal_the_contents_of_turns():
+    from strop.data.prepare.base import texts, turns
+
+    for rec in mixed_records(200, seed=4):
+        for roles in (None, ("user", "assistant"), ("assistant",), ()):
+            want = [rec.text] if rec.text is not None else [
+                m.content for _, m in turns(rec) if roles is None or m.role in roles
+            ]  # fmt: skip
+            assert texts(rec, roles) == want
+
+
+def test_ascii_word_splits_equal_the_regexes():
+    from strop.data.prepare.base import TOKEN_RE, ngram_tokens
+    from strop.data.prepare.lang import WORD_RE, words_of
+
+    ascii_texts = [t for t in tricky_texts(3000, seed=5) if t.isascii()]
+    ascii_texts += ["".join(map(chr, range(128))), "A_b-C9d"]
+    assert len(ascii_texts) > 100
+    for t in ascii_texts:
+        assert ngram_tokens(t) == TOKEN_RE.findall(t.lower())
+        assert words_of(t) == WORD_RE.findall(t.lower())
+
+
+def test_whitespace_split_equals_the_whitespace_regex_on_every_character():
+    every = "".join(chr(c) for c in range(0x3100)) + "\u3000\ufeff\U00010000"
+    spaces = re.compile(r"\s+")
+    assert " ".join(every.split()) == spaces.sub(" ", every).strip()
+    for t in tricky_texts(1000, seed=6):
+        assert " ".join(t.split()) == spaces.sub(" ", t).strip()

@@ -115,10 +115,18 @@ def turns(rec: Record) -> list[tuple[str, Message]]:
 
 def texts(rec: Record, roles: tuple[str, ...] | None = None) -> list[str]:
     """The record's text pieces: the document for text records, else message contents (of
-    ``roles`` only, when given)."""
+    ``roles`` only, when given), in ``turns`` order."""
     if rec.text is not None:
         return [rec.text]
-    return [m.content for _, m in turns(rec) if roles is None or m.role in roles]
+    # every step calls this several times per record: no (part, message) pairs, no getattr
+    out: list[str] = []
+    for msgs in (rec.messages, rec.chosen, rec.rejected, rec.completion):
+        if msgs:
+            if roles is None:
+                out += [m.content for m in msgs]
+            else:
+                out += [m.content for m in msgs if m.role in roles]
+    return out
 
 
 def response_texts(rec: Record) -> list[str]:
@@ -171,6 +179,15 @@ CJK_RE = re.compile(f"[{CJK_CLASS}]")
 TOKEN_RE = re.compile(f"[{CJK_CLASS}]|[^\\W_{CJK_CLASS}]+")
 
 
+# For ASCII text the tokens are the runs of letters and digits, lower-cased: one translate (every
+# other character to a space) and a split give them about twice as fast as the regex.
+ASCII_TOKENS = str.maketrans(
+    {chr(c): chr(c).lower() if chr(c).isalnum() else " " for c in range(128)}
+)
+
+
 def ngram_tokens(text: str) -> list[str]:
     """Lower-cased words, with each CJK character a token of its own."""
+    if text.isascii():
+        return text.translate(ASCII_TOKENS).split()
     return TOKEN_RE.findall(text.lower())

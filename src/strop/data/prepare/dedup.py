@@ -22,7 +22,6 @@ from strop.data.prepare.base import Decision, Keyed, Removed, Result, Step, prom
 from strop.data.records import Record
 
 PUNCT_RE = re.compile(r"[^\w\s]|_")
-SPACE_RE = re.compile(r"\s+")
 SEP = "\x1f"  # between turns: cannot occur in normalised text, so turns never run together
 
 
@@ -57,7 +56,8 @@ class ExactDedup(Step):
         if p.ignore_punctuation:
             text = PUNCT_RE.sub(" ", text)
         if p.ignore_whitespace:
-            text = SPACE_RE.sub(" ", text).strip()
+            # re.sub(r"\s+", " ", text).strip(), faster: split() and \s agree on whitespace
+            text = " ".join(text.split())
         return text
 
     def key(self, rec: Record) -> tuple[int, int | None]:

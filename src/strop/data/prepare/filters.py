@@ -247,7 +247,7 @@ HAN_ASTRAL = (0x20000, 0x2FA1F)  # the only script range above the table
 
 
 def _class_table() -> np.ndarray:
-    table = np.full(0x10000, OTHER, dtype=np.int64)
+    table = np.full(0x10000, OTHER, dtype=np.uint8)  # one byte per code point looked up
     table[SYMBOL_TABLE] = SYMBOL
     table[48:58] = DIGIT
     table[[*range(33), 0xA0, 0x3000]] = SPACE

@@ -71,11 +71,25 @@ def script_counts(text: str) -> Counter[str]:
     return Counter({SCRIPTS[i]: int(counts[i]) for i in np.flatnonzero(counts)})
 
 
+# ASCII text: the words are the runs of letters, lower-cased (a translate and a split, about
+# twice as fast as the regex).
+ASCII_WORDS = str.maketrans(
+    {chr(c): chr(c).lower() if chr(c).isalpha() else " " for c in range(128)}
+)
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased runs of letters (digits and underscores separate words)."""
+    if text.isascii():
+        return text.translate(ASCII_WORDS).split()
+    return WORD_RE.findall(text.lower())
+
+
 def _latin_language(text: str) -> str:
     scores = dict.fromkeys(STOPWORDS, 0)
-    words = WORD_RE.findall(text[:LATIN_SAMPLE_CHARS].lower())
-    for w in words:
-        for lang in WORD_LANGS.get(w, ()):
+    words = words_of(text[:LATIN_SAMPLE_CHARS])
+    for w in filter(WORD_LANGS.__contains__, words):  # the C-level filter skips most words
+        for lang in WORD_LANGS[w]:
             scores[lang] += 1
     best = max((k for k in scores if k != "en"), key=lambda k: scores[k])
     # Latin script is English unless another language's function words clearly win: at least
