@@ -193,3 +193,46 @@ def test_whitespace_split_equals_the_whitespace_regex_on_every_character():
     assert " ".join(every.split()) == spaces.sub(" ", every).strip()
     for t in tricky_texts(1000, seed=6):
         assert " ".join(t.split()) == spaces.sub(" ", t).strip()
+
+
+def test_near_dedup_index_decides_like_a_scan_of_every_kept_record():
+    """dedup_near's band index (a record, or a list once a key is shared; lookups batched)
+    finds the same best match as comparing with every kept record that shares a band key, on
+    400 keyed records drawn from small alphabets so that buckets collide often."""
+    import numpy as np
+
+    from strop.data.prepare.near_dedup import NearDedup, NearDedupParams
+
+    rng = random.Random(7)
+    rows = []
+    for i in range(400):
+        keys = [rng.randrange(6) for _ in range(4)]
+        sig = np.array([rng.randrange(3) for _ in range(8)], dtype=np.uint16).tobytes()
+        rows.append((f"r:{i}", keys, sig, float(rng.randrange(50))))
+    for keep in ("first", "longest"):
+        step = NearDedup(NearDedupParams(threshold=0.6, num_perm=8, bands=4, keep=keep))
+        got = {}
+        for uid, (origin, keys, sig, size) in enumerate(rows):
+            got[uid] = step.decide((keys, sig, size), origin, {"uid": uid, "raw": b"{}"})
+        if keep == "longest":
+            got.update(step.finish())
+        removed = {uid: d.duplicate_of for uid, d in got.items() if d.removed is not None}
+        # the reference: greedy in keep order, best estimate among kept records sharing a key
+        order = sorted(range(len(rows)), key=lambda u: (-rows[u][3], u) if keep != "first" else u)
+        kept: list[int] = []
+        want = {}
+        for u in order:
+            _, keys, sig, _ = rows[u]
+            mine = np.frombuffer(sig, dtype=np.uint16)
+            best = None
+            for c in kept:
+                if any(a == b for a, b in zip(rows[c][1], keys, strict=True)):
+                    est = np.count_nonzero(np.frombuffer(rows[c][2], np.uint16) == mine) / 8
+                    if est >= 0.6 and (best is None or est > best[1]):
+                        best = (c, est)
+            if best is None:
+                kept.append(u)
+            else:
+                want[u] = rows[best[0]][0]
+        assert removed == want, keep
+        assert 50 < len(removed) < 350

@@ -117,15 +117,15 @@ class NearDedup(Step):
     def _best_match(self, keys: list[int], sig: bytes) -> tuple[int, float] | None:
         """The kept record most similar to ``sig`` among its LSH candidates (ties: the one
         kept first), if any reaches the threshold."""
+        hits = [table.get(k) for table, k in zip(self.tables, keys, strict=True)]
+        if hits.count(None) == len(hits):  # most records: no band seen before
+            return None
         cands: set[int] = set()
-        for table, k in zip(self.tables, keys, strict=True):
-            hit = table.get(k)
-            if isinstance(hit, list):
+        for hit in hits:
+            if type(hit) is list:
                 cands.update(hit)
             elif hit is not None:
                 cands.add(hit)
-        if not cands:
-            return None
         mine = np.frombuffer(sig, dtype=np.uint16)
         best = None
         for c in sorted(cands, key=self.kept_order.__getitem__):
@@ -138,10 +138,10 @@ class NearDedup(Step):
         """Every kept record goes under every band key (a list once a key is shared)."""
         self.kept_order[idx] = len(self.kept_order)
         for table, k in zip(self.tables, keys, strict=True):
-            hit = table.get(k)
-            if hit is None:
-                table[k] = idx
-            elif isinstance(hit, list):
+            hit = table.setdefault(k, idx)  # one lookup when the key is new (the usual case)
+            if hit is idx:
+                continue
+            if type(hit) is list:
                 hit.append(idx)
             else:
                 table[k] = [hit, idx]

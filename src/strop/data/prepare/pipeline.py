@@ -48,10 +48,23 @@ class Node:
     origin: str
     events: list[tuple] = field(default_factory=list)
     children: list[Node] | None = None
-    out: str | None = None
+    # the output line, newline included, encoded in the worker: the main process writes the
+    # bytes as they come (no UTF-8 decode when unpickling, no encode when writing)
+    out: bytes | None = None
     length: int = 0
     stratum: str | None = None
     record: Record | None = None  # the finished record itself, for the in-memory API only
+
+    def __reduce__(self) -> tuple:
+        # positional fields: unpickling calls __init__ once instead of setting each slot
+        return Node, (self.origin, self.events, self.children, self.out, self.length,
+                      self.stratum, self.record)  # fmt: skip
+
+
+def add_notes(counts: Counter, notes: dict[str, int]) -> None:
+    """``counts.update(notes)`` without Counter.update's generic checks (once per event)."""
+    for key, n in notes.items():
+        counts[key] += n
 
 
 def build_steps(specs: list[tuple[str, Section]]) -> list[Step]:
@@ -102,7 +115,7 @@ class ChunkRunner:
             times[si] = perf_counter() - t0
             live = self._record(si, live, results)
         for rec, node in live:
-            node.out = dumps(to_row(rec, self.out_fmt))
+            node.out = (dumps(to_row(rec, self.out_fmt)) + "\n").encode("utf-8", "surrogatepass")
             node.length = char_length(rec)
             node.stratum = stratum_of(rec, self.stratify)
             if self.keep_records:
@@ -273,7 +286,7 @@ class Walker:
                     self.spools[si].add((node, raw, j, uid))
                     return
                 st.into += 1
-                st.notes.update(ev[3])
+                add_notes(st.notes, ev[3])
                 if decision.removed is not None:
                     self._remove(st, node, raw, decision.removed, decision.duplicate_of)
                     return
@@ -284,12 +297,12 @@ class Walker:
                 st.kept += 1
             elif code == NOTED:
                 st.kept += 1
-                st.notes.update(ev[2])
+                add_notes(st.notes, ev[2])
             elif code == CHANGED:
                 st.changed += 1
-                st.notes.update(ev[2])
+                add_notes(st.notes, ev[2])
             elif code == REMOVED:
-                st.notes.update(ev[4])
+                add_notes(st.notes, ev[4])
                 self._remove(st, node, raw, Removed(ev[2], ev[3]), None)
                 return
             elif code == EXPANDED:

@@ -71,8 +71,8 @@ class _Writer:
 
     def __init__(self, path: Path, stratify: bool) -> None:
         self.path = path
-        # closed by run_prepare's finally
-        self.fh = open(path, "w", encoding="utf-8", errors="surrogatepass")  # noqa: SIM115
+        # closed by run_prepare's finally; binary: the workers encoded every line already
+        self.fh = open(path, "wb")  # noqa: SIM115
         self.count = 0
         self.after = Histogram()
         self.strata: dict[str, int] = {}
@@ -80,7 +80,6 @@ class _Writer:
 
     def __call__(self, node: Node) -> None:
         self.fh.write(node.out)
-        self.fh.write("\n")
         self.count += 1
         self.after.add(node.length)
         if self.codes is not None:
