@@ -4,18 +4,24 @@ Builds synthetic sharded models (a base and N fine-tunes of one shape: many larg
 tensors, tiny-llama's tokenizer), then merges them in a child process and reports the child's
 peak RSS (``resource.getrusage``) next to the model sizes. ``--limit-mb`` also caps the child's
 address space (RLIMIT_AS) at its size after imports plus that many MB, so the merge *must* fit
-in less memory than one model, let alone all of them. ``--naive`` runs the same merge the
+in less memory than one model, let alone all of them. ``--cgroup-mb`` instead runs the child in
+a Linux memory cgroup limited to that many MB in all (imports, tensors and page cache; the
+kernel reclaims clean file pages and kills the process if it cannot): the real test of
+"merges models larger than the memory it is allowed" (needs a writable cgroup v1 memory
+controller or cgroup v2, e.g. root in a container). ``--naive`` runs the same merge the
 obvious way for comparison: every state dict loaded, merged, saved in one piece.
 
     python benchmarks/merge_memory.py                                    # ties, 3 x 768 MB
     python benchmarks/merge_memory.py --limit-mb 600 --method dare_ties
     python benchmarks/merge_memory.py --naive
+    python benchmarks/merge_memory.py --cgroup-mb 1024 --tensors 24   # 3 x 1.5 GB in 1 GB
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -126,6 +132,39 @@ def naive_merge(cfg, work: Path) -> None:
     save_file(merged, work / "out" / "model.safetensors", metadata={"format": "pt"})
 
 
+class MemoryCgroup:
+    """A memory cgroup (v1 or v2) limited to ``limit`` bytes; ``enter`` moves the calling
+    process into it (used as the child's preexec_fn, so the limit holds from the child's first
+    instruction)."""
+
+    def __init__(self, limit: int):
+        v1 = Path("/sys/fs/cgroup/memory")
+        root = v1 if v1.is_dir() else Path("/sys/fs/cgroup")
+        self.v1 = root == v1
+        self.dir = root / f"strop-merge-bench-{os.getpid()}"
+        try:
+            self.dir.mkdir()
+            name = "memory.limit_in_bytes" if self.v1 else "memory.max"
+            (self.dir / name).write_text(str(limit))
+            if not self.v1:
+                (self.dir / "memory.swap.max").write_text("0")
+        except OSError as exc:
+            self.close()
+            sys.exit(f"--cgroup-mb: cannot create a memory cgroup under {root} ({exc})")
+
+    def enter(self) -> None:
+        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def peak_bytes(self) -> int:
+        name = "memory.max_usage_in_bytes" if self.v1 else "memory.peak"
+        path = self.dir / name
+        return int(path.read_text()) if path.exists() else 0
+
+    def close(self) -> None:
+        if self.dir.exists():
+            self.dir.rmdir()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", default="/tmp/strop-merge-bench")
@@ -136,6 +175,9 @@ def main() -> None:
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--shard-mb", type=int, default=256)
     p.add_argument("--limit-mb", type=int, default=0, help="RLIMIT_AS budget above imports")
+    p.add_argument(
+        "--cgroup-mb", type=int, default=0, help="run the child in a memory cgroup of this size"
+    )
     p.add_argument("--naive", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -155,10 +197,19 @@ def main() -> None:
             model_bytes = build_model(work / name, i, args, tok)
         (work / "tag").write_text(tag)
     cmd = [sys.executable, __file__, "--child", *sys.argv[1:]]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    group = MemoryCgroup(args.cgroup_mb << 20) if args.cgroup_mb else None
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, preexec_fn=group.enter if group else None
+        )
+        group_peak = group.peak_bytes() if group else 0
+    finally:
+        if group:
+            group.close()
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
-        sys.exit(f"merge failed (exit {proc.returncode})")
+        killed = " (killed: the memory limit was exceeded)" if proc.returncode == -9 else ""
+        sys.exit(f"merge failed (exit {proc.returncode}){killed}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     mb = 1 << 20
     largest = args.rows * args.cols * 4
@@ -173,6 +224,8 @@ def main() -> None:
         ("all inputs", f"{(args.models + 1) * model_bytes / mb:.0f} MB"),
         ("largest tensor", f"{largest / mb:.0f} MB"),
         ("address-space cap above imports", f"{args.limit_mb} MB" if args.limit_mb else "none"),
+        ("memory cgroup limit (whole process)", f"{args.cgroup_mb} MB" if group else "none"),
+        ("cgroup peak usage (incl. page cache)", f"{group_peak / mb:.0f} MB" if group else "-"),
         ("RSS after imports", f"{r['baseline_kb'] / 1024:.0f} MB"),
         ("peak RSS", f"{r['peak_kb'] / 1024:.0f} MB"),
         ("peak RSS - imports", f"{extra / mb:.0f} MB = {extra / largest:.1f} x largest tensor"),
