@@ -183,8 +183,13 @@ def _alpaca(msgs: list[Message]) -> dict[str, Any]:
     return row
 
 
+# one encoder for every row: json.dumps with non-default options builds a new one per call
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, default=str)
+    """``json.dumps(row, ensure_ascii=False, default=str)``."""
+    return _ENCODER.encode(row)
 
 
 def jsonl_to_parquet(src: Path, dst: Path) -> None:
