@@ -8,7 +8,13 @@
 2. The time split of full GRPO steps (LoRA) as the loop runs them: generation, rewards,
    reference log-probs, training (forward + backward + optimizer).
 
+``--precision bf16`` samples as a bf16 LoRA GRPO run does (the examples' setting): the model is
+the LoRA model strop trains (frozen linears stored in bf16) and both engines run under bf16
+autocast on it; a third engine, ``plain-fp32``, is ``generate`` on the same LoRA model with fp32
+weights and no autocast: what a transformers + peft loop samples with by default.
+
     .venv/bin/python benchmarks/grpo_step.py                 # smollm2-135m-instruct, fp32
+    .venv/bin/python benchmarks/grpo_step.py --precision bf16 --steps 0
     .venv/bin/python benchmarks/grpo_step.py --model tiny-llama --repeats 1   # smoke run
 
 Writes benchmarks/results/grpo_step-<device>-<model>.json and prints a table.
@@ -74,29 +80,58 @@ def _strop(model, tok, prompts, g, new, stops, seed):
     return r.stats["new_tokens"]
 
 
-def generation(model, tok, n_prompts, g, new, repeats):
+def lora_models(model):
+    """(the LoRA model strop's bf16 GRPO run samples with: strop's LoRA transform, r16 on all
+    linear layers, frozen linears stored in bf16; a user's peft LoRA model of the same shape,
+    fp32, as ``peft.get_peft_model`` builds it)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from strop.models.load import frozen_linears_to
+    from strop.models.transforms import parse_method
+
+    user = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+    ).eval()
+    transform, params = parse_method({"name": "lora", "r": 16, "alpha": 32})
+    strop_model = transform.apply(model, params).eval()
+    frozen_linears_to(strop_model, torch.bfloat16)
+    return strop_model, user
+
+
+def generation(model, tok, n_prompts, g, new, repeats, precision="fp32", fp32_model=None):
+    from contextlib import nullcontext
+
     from strop.infer import stop_token_ids
 
     prompts = _prompts(tok, n_prompts)
+    bf16 = precision == "bf16"
+    engines = ("plain-fp32", "plain", "strop") if bf16 else ("plain", "strop")
     rows = []
     for mode, stops in (("fixed", []), ("stops", stop_token_ids(model, tok))):
-        times = {"plain": [], "strop": []}
-        tokens = {"plain": [], "strop": []}
-        for rep in range(repeats):  # alternate: machine load hits both alike
-            for name in ("plain", "strop"):
+        times = {e: [] for e in engines}
+        tokens = {e: [] for e in engines}
+        for rep in range(repeats):  # alternate: machine load hits all alike
+            for name in engines:
                 torch.manual_seed(rep)
+                cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    made = (
-                        _plain(model, tok, prompts, g, new, stops)
-                        if name == "plain"
-                        else _strop(model, tok, prompts, g, new, stops, rep)
-                    )
+                    if name == "plain-fp32":
+                        made = _plain(fp32_model, tok, prompts, g, new, stops)
+                    else:
+                        with cast:
+                            made = (
+                                _plain(model, tok, prompts, g, new, stops)
+                                if name == "plain"
+                                else _strop(model, tok, prompts, g, new, stops, rep)
+                            )
                 times[name].append(time.perf_counter() - t0)
                 tokens[name].append(made)
-        for name in ("plain", "strop"):
+        for name in engines:
             rows.append({
-                "mode": mode, "engine": name, "prompts": n_prompts, "group": g,
+                "mode": mode, "engine": name, "precision": precision, "prompts": n_prompts, "group": g,
                 "max_new_tokens": new, "seconds_median": statistics.median(times[name]),
                 "new_tokens_mean": statistics.mean(tokens[name]),
                 "tokens_per_s": sum(tokens[name]) / sum(times[name]),
@@ -156,30 +191,40 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: a LoRA model with bf16 frozen linears under bf16 autocast")  # fmt: skip
     args = ap.parse_args()
     from strop.models.load import load_model
 
     torch.manual_seed(0)
     model, tok, _ = load_model(args.model, "fp32")
     model.eval()
-    gen = generation(model, tok, args.prompts, args.group, args.new, args.repeats)
-    print(f"{'mode':6} {'engine':6} {'s (median)':>10} {'new tok':>8} {'tok/s':>8}")
+    fp32_model = None
+    if args.precision == "bf16":
+        model, fp32_model = lora_models(model)
+    gen = generation(
+        model, tok, args.prompts, args.group, args.new, args.repeats, args.precision, fp32_model
+    )
+    print(f"{'mode':6} {'engine':10} {'s (median)':>10} {'new tok':>8} {'tok/s':>8}")
     for r in gen:
-        print(f"{r['mode']:6} {r['engine']:6} {r['seconds_median']:10.2f} "
+        print(f"{r['mode']:6} {r['engine']:10} {r['seconds_median']:10.2f} "
               f"{r['new_tokens_mean']:8.0f} {r['tokens_per_s']:8.1f}")  # fmt: skip
     for mode in ("fixed", "stops"):
-        p, s = (
-            next(r for r in gen if r["mode"] == mode and r["engine"] == e)
-            for e in ("plain", "strop")
-        )
-        print(f"{mode}: strop / plain tokens/s = {s['tokens_per_s'] / p['tokens_per_s']:.2f}x")
-    steps, wall = grpo_steps(args.model, args.prompts, args.group, args.new, args.steps)
+        rate = {r["engine"]: r["tokens_per_s"] for r in gen if r["mode"] == mode}
+        for base in [e for e in rate if e != "strop"]:
+            print(f"{mode}: strop / {base} tokens/s = {rate['strop'] / rate[base]:.2f}x")
+    if args.steps == 0:
+        steps, wall = [], 0.0
+    else:
+        steps, wall = grpo_steps(args.model, args.prompts, args.group, args.new, args.steps)
     print("\nGRPO steps (LoRA r16, fp32):")
     for r in steps:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
     print(f"wall for {args.steps} steps incl. model load: {wall:.1f} s")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"grpo_step-{'cuda' if torch.cuda.is_available() else 'cpu'}-{args.model}.json"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    out = RESULTS / f"grpo_step-{device}-{args.model}{suffix}.json"
     out.write_text(json.dumps({
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "args": vars(args), "generation": gen, "grpo_steps": steps, "grpo_wall_s": wall,

@@ -90,3 +90,64 @@ def test_top_p_draws_only_from_the_nucleus():
     tok, lp = sample_tokens(logits, 1.0, 0.75, g)
     assert set(tok.tolist()) == {0, 1}  # 0.5 + 0.3 covers 0.75
     torch.testing.assert_close(lp, logits.log_softmax(-1).gather(1, tok[:, None])[:, 0])
+
+
+def test_weights_cast_once_under_autocast_is_bitwise_what_autocast_computes(tiny, monkeypatch):
+    """bf16 autocast with a frozen fp32 LM head tied to the embeddings (SmolLM2's layout): the
+    rollout's once-per-rollout casts give the very tokens and log-probs of per-call casts, and
+    every weight (the tie included) is the same Parameter object afterwards."""
+    import copy
+    from contextlib import nullcontext
+
+    import strop.train.rollout as rollout
+
+    cast_once = rollout.weights_cast_once
+    model, tok, prompts = tiny
+    model = copy.deepcopy(model)
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied
+    model.requires_grad_(False)
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)  # trainable ones too
+    before = {n: p for n, p in model.named_parameters()}
+    args = (prompts, 3, 10, [tok.eos_token_id], tok.pad_token_id, 1.0, 1.0, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = sample(model, *args)
+        monkeypatch.setattr(rollout, "weights_cast_once", lambda m, d: nullcontext())
+        slow = sample(model, *args)
+    assert fast.completion_ids == slow.completion_ids
+    assert fast.logps == slow.logps  # bitwise
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert all(p is before[n] and p.dtype == torch.float32 for n, p in model.named_parameters())
+    # outside autocast nothing is swapped
+    with cast_once(model, "cpu"):
+        assert model.lm_head.weight is before["model.embed_tokens.weight"]
+    with torch.autocast("cpu", dtype=torch.bfloat16), cast_once(model, "cpu"):
+        assert model.lm_head.weight.dtype == torch.bfloat16
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+        assert not model.model.layers[0].mlp.up_proj.weight.requires_grad
+
+
+def test_weights_cast_once_with_fused_lora_adapters(tiny, monkeypatch):
+    """A bf16 LoRA run's sampler (strop's fused LoRA forward, bf16 frozen linears, fp32 adapters
+    with a nonzero B) samples bitwise the same with adapters cast once per rollout."""
+    import copy
+    from contextlib import nullcontext
+
+    import strop.train.rollout as rollout
+    from strop.models.load import frozen_linears_to
+    from strop.models.transforms import parse_method
+
+    model, tok, prompts = tiny
+    transform, params = parse_method({"name": "lora", "r": 4, "alpha": 8})
+    model = transform.apply(copy.deepcopy(model), params)
+    frozen_linears_to(model, torch.bfloat16)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    args = (prompts, 3, 10, [tok.eos_token_id], tok.pad_token_id, 1.0, 1.0, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = sample(model, *args)
+        monkeypatch.setattr(rollout, "weights_cast_once", lambda m, d: nullcontext())
+        slow = sample(model, *args)
+    assert fast.completion_ids == slow.completion_ids and fast.logps == slow.logps
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)

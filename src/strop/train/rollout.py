@@ -12,6 +12,9 @@ Sampling draws from its own ``torch.Generator``: the trainer's global RNG is unt
 rollout is reproducible from (weights, prompts, seed).
 
 The policy samples with the weights it trains (same module, eval mode): never stale weights.
+Under bf16/fp16 autocast, weights that autocast would cast again at every decode step (frozen
+fp32 linears, notably an LM head tied to the input embeddings) are cast once per rollout
+instead; the values are the same, the bytes read per step are halved.
 An external engine (vLLM) would plug in behind ``sample`` with weights synced each step; it is
 not implemented here.
 """
@@ -19,6 +22,7 @@ not implemented here.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -71,7 +75,35 @@ def sample_tokens(
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
-@torch.no_grad()
+@contextmanager
+def weights_cast_once(model: nn.Module, device_type: str):
+    """Under autocast to a lower precision: for the duration, every nn.Linear with an fp32
+    weight holds a copy cast to that precision. Autocast would cast frozen weights again at every
+    call (it caches casts only of leaf weights that require grad; for SmolLM2 the tied 49,152 x
+    576 LM head: 113 MB read and 57 MB written per decode step), and the fused LoRA forward casts
+    its adapters per call. Results are bitwise those of the per-call casts. Outside autocast
+    nothing changes. Sampling only: the copies are not parameters anything trains."""
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    dtype = torch.get_autocast_dtype(device_type)
+    swapped = []
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if (
+            isinstance(module, nn.Linear)
+            and type(w) is nn.Parameter  # not bitsandbytes' packed Params4bit / Int8Params
+            and w.dtype == torch.float32
+        ):
+            swapped.append((module, w))
+            module.weight = nn.Parameter(w.detach().to(dtype), requires_grad=False)
+    try:
+        yield
+    finally:
+        for module, w in swapped:  # the very Parameter objects back: ties and optimizer intact
+            module.weight = w
+
+
 def sample(
     model,
     prompts: list[list[int]],
@@ -84,6 +116,16 @@ def sample(
     seed: int = 0,
 ) -> Rollout:
     """``group_size`` completions for every prompt (token ids, no padding)."""
+    with weights_cast_once(model, next(model.parameters()).device.type):
+        return _sample(
+            model, prompts, group_size, max_new_tokens, stop_ids, pad_id, temperature, top_p, seed
+        )
+
+
+@torch.no_grad()
+def _sample(
+    model, prompts, group_size, max_new_tokens, stop_ids, pad_id, temperature, top_p, seed
+) -> Rollout:
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
