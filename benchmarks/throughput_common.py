@@ -11,8 +11,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT / "examples" / "events" / "train.jsonl"
-ALL_CONFIGS = ["plain-full", "plain-lora", "strop-full", "strop-lora", "trl-full", "trl-lora"]
-DEFAULT_CONFIGS = "plain-full,plain-lora,strop-full,strop-lora,trl-full,trl-lora"
+ALL_CONFIGS = [
+    "plain-full",
+    "plain-lora",
+    "strop-full",
+    "strop-lora",
+    "strop-full-shared",  # data.share_prefix: the common system prompt computed once
+    "strop-lora-shared",
+    "trl-full",
+    "trl-lora",
+]
+DEFAULT_CONFIGS = ",".join(ALL_CONFIGS)
 IGNORE = -100
 
 FLOPS_FORMULA = (
@@ -125,7 +134,9 @@ def _result(args, method, shape, times, stats, losses, timing) -> dict:
         "target_tokens_per_s": agg["targets"] / secs,
         "real_tokens_per_s": agg["real"] / secs,
         "gflops_per_s": flops / secs / 1e9,
-        "pad_fraction": 1 - agg["real"] / max(agg["slots"], 1),
+        "pad_fraction": max(0.0, 1 - agg["real"] / max(agg["slots"], 1)),
+        # real tokens never computed: a shared prefix's copies (data.share_prefix)
+        "shared_fraction": max(0.0, 1 - agg["slots"] / max(agg["real"], 1)),
         "losses": losses,
         "target_mismatch": any(s.get("target_mismatch") for s in stats),
         "peak_rss_mib": peak_rss_mib(),

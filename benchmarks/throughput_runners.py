@@ -9,7 +9,7 @@ import time
 from throughput_common import DATA, IGNORE, _result, doc_stats, model_shape, peak_rss_mib
 
 
-def _strop_cfg(args, method: str, out_dir: str, steps: int):
+def _strop_cfg(args, method: str, out_dir: str, steps: int, share_prefix: bool = False):
     from strop.config import load_config
 
     m = {"name": method}
@@ -23,6 +23,7 @@ def _strop_cfg(args, method: str, out_dir: str, steps: int):
             "eval": None,
             "max_length": args.max_length,
             "packing": True,
+            "share_prefix": share_prefix,
             "mask": "assistant",
         },
         "train": {
@@ -129,8 +130,9 @@ def run_plain(args, method: str) -> dict:
     return _result(args, method, shape, times, stats, losses, timing="per-step perf_counter")
 
 
-def run_strop(args, method: str) -> dict:
-    """strop.train.loop.train with packing and the default objective.
+def run_strop(args, method: str, share_prefix: bool = False) -> dict:
+    """strop.train.loop.train with packing and the default objective (``share_prefix``: with
+    data.share_prefix, the common system prompt of a micro-batch's documents computed once).
 
     Timing: with train.log_every=1 the loop stores target_tokens_per_s in every history record,
     measured with perf_counter between consecutive steps, so each step's wall time is exactly
@@ -144,7 +146,7 @@ def run_strop(args, method: str) -> dict:
 
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory(prefix="strop-bench-") as tmp:
-        cfg = _strop_cfg(args, method, tmp, total)
+        cfg = _strop_cfg(args, method, tmp, total, share_prefix)
         result = train(cfg)
     hist = result.history
     rss = peak_rss_mib()
@@ -168,8 +170,9 @@ def run_strop(args, method: str) -> dict:
                 at += n
         s = doc_stats(docs)
         # The token slots strop's own collate builds (rows laid end to end under the default
-        # per-document attention: no padding).
-        s["slots"] = collate(step_rows, tok.pad_token_id)["input_ids"].numel()
+        # per-document attention: no padding; a shared prefix once).
+        batch = collate(step_rows, tok.pad_token_id, share_prefix=share_prefix)
+        s["slots"] = batch["input_ids"].numel()
         s["docs"] = len(docs)
         s["target_mismatch"] = s["targets"] != n_targets
         stats.append(s)

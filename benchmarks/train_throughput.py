@@ -8,8 +8,8 @@ subprocess so peak memory is its own. See docs/performance.md for what is measur
     .venv/bin/python benchmarks/train_throughput.py --precision bf16 --steps 16
     .venv/bin/python benchmarks/train_throughput.py --tiny           # ~20 s smoke run
 
-Configs: plain-full, plain-lora, strop-full, strop-lora, trl-full, trl-lora (trl-* only when
-``import trl`` works). Results: a table on stdout, benchmarks/results/train_throughput-<prec>.json
+Configs: plain-full, plain-lora, strop-full, strop-lora, strop-full-shared, strop-lora-shared
+(strop with data.share_prefix), trl-full, trl-lora (trl-* only when ``import trl`` works). Results: a table on stdout, benchmarks/results/train_throughput-<prec>.json
 and a bar chart of target tokens/s next to it.
 """
 
@@ -40,9 +40,11 @@ def worker(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    system, method = args.worker.split("-")
-    run = {"plain": run_plain, "strop": run_strop, "trl": run_trl}[system]
-    res = run(args, method)
+    system, method, *variant = args.worker.split("-")
+    if system == "strop":
+        res = run_strop(args, method, share_prefix=variant == ["shared"])
+    else:
+        res = {"plain": run_plain, "trl": run_trl}[system](args, method)
     res["threads"] = torch.get_num_threads()
     Path(args.worker_out).write_text(json.dumps(res))
 
@@ -215,7 +217,15 @@ def main(argv=None) -> int:
         "strop-full / plain-full": _ratio(results, "strop-full", "plain-full"),
         "strop-lora / strop-full": _ratio(results, "strop-lora", "strop-full"),
         "strop-lora / trl-lora": _ratio(results, "strop-lora", "trl-lora"),
+        "strop-lora-shared / plain-lora": _ratio(results, "strop-lora-shared", "plain-lora"),
+        "strop-lora-shared / strop-lora": _ratio(results, "strop-lora-shared", "strop-lora"),
+        "strop-lora-shared / strop-full-shared": _ratio(
+            results, "strop-lora-shared", "strop-full-shared"
+        ),
     }
+    for name, r in results.items():
+        if r.get("shared_fraction"):
+            print(f"{name}: {100 * r['shared_fraction']:.1f}% of real tokens shared, not computed")
     for k, v in ratios.items():
         if v is not None:
             print(f"target tokens/s  {k}: {v:.2f}x")

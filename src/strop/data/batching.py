@@ -57,12 +57,61 @@ def unpacked(samples: list[Sample]) -> list[Row]:
     return [Row(s.input_ids, s.labels, [len(s.input_ids)]) for s in samples]
 
 
+SHARE_MIN_TOKENS = 16  # a shorter common prefix is not worth its extra attention calls
+
+
+def shared_prefix_length(docs: list[tuple[list[int], list[int]]]) -> int:
+    """How many leading tokens every document in ``docs`` ((input_ids, labels) pairs) can share:
+    the longest common token prefix P such that no document has a target among its first P + 1
+    tokens (token P is predicted from the last shared position, which is one position for all
+    documents; a document's first label never counts: its first token is never a target) and
+    every document keeps at least one token of its own. 0 for fewer than two documents."""
+    if len(docs) < 2:
+        return 0
+    limit = min(len(ids) - 1 for ids, _ in docs)
+    for _, labels in docs:
+        first_target = next((i for i in range(1, len(labels)) if labels[i] != IGNORE), len(labels))
+        limit = min(limit, first_target - 1)
+    first = docs[0][0]
+    p = 0
+    while p < limit and all(ids[p] == first[p] for ids, _ in docs):
+        p += 1
+    return p
+
+
+def _shared_prefix_batch(rows: list[Row], pad_id: int, dtype) -> dict | None:
+    """All the documents of ``rows`` laid out as [shared prefix][suffix 1]..[suffix D] when they
+    share at least SHARE_MIN_TOKENS leading non-target tokens (a common system prompt): the
+    prefix is computed once and every suffix attends to it (strop.models.attention). Positions
+    continue after the prefix, so each document sees exactly the positions and context it has
+    alone: its loss and gradients are those of the unshared layout. None when nothing is shared."""
+    docs = []
+    for r in rows:
+        at = 0
+        for n in r.doc_lens:
+            docs.append((r.input_ids[at : at + n], r.labels[at : at + n]))
+            at += n
+    p = shared_prefix_length(docs)
+    if p < SHARE_MIN_TOKENS:
+        return None
+    flat = Row(
+        docs[0][0][:p] + [t for ids, _ in docs for t in ids[p:]],
+        docs[0][1][:p] + [t for _, labels in docs for t in labels[p:]],
+        [p] + [len(ids) - p for ids, _ in docs],
+    )
+    batch = collate([flat], pad_id, doc_attention=True, dtype=dtype)
+    batch["position_ids"][0, p:] += p
+    batch["strop_shared_prefix"] = [p]
+    return batch
+
+
 def collate(
     rows: list[Row],
     pad_id: int,
     doc_attention: bool = True,
     dtype: torch.dtype = torch.float32,
     with_docs: bool = False,
+    share_prefix: bool = False,
 ) -> dict:
     """Make a batch from rows.
 
@@ -76,7 +125,15 @@ def collate(
     ``with_docs`` adds what sequence-level objectives (preference, KTO, reward) need:
     ``strop_doc_index`` [B, T], the number of each token's document counted over the whole
     batch in row order (-1 on padding), and ``strop_values``, each row value as a tensor [B].
+
+    ``share_prefix`` (with ``doc_attention``, token-level objectives): documents that start with
+    the same non-target tokens share one computation of them (``_shared_prefix_batch``); the
+    batch then carries ``strop_shared_prefix``, the shared length per row.
     """
+    if share_prefix and doc_attention and not with_docs:
+        shared = _shared_prefix_batch(rows, pad_id, dtype)
+        if shared is not None:
+            return shared
     if with_docs:
         batch = collate(rows, pad_id, doc_attention, dtype)
         batch["strop_doc_index"] = _doc_index(rows, batch["input_ids"].shape)

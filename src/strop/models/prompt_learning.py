@@ -93,15 +93,25 @@ def input_virtual_tokens(model) -> int:
 
 
 def decoder_hidden(
-    model, input_ids, attention_mask=None, position_ids=None, strop_doc_lens=None
+    model,
+    input_ids,
+    attention_mask=None,
+    position_ids=None,
+    strop_doc_lens=None,
+    strop_shared_prefix=None,
 ) -> torch.Tensor:
     """Last hidden states [B, T, d] of the causal LM inside ``model`` at the given tokens,
-    with a prompt-learning adapter's virtual tokens / prefix applied per document."""
+    with a prompt-learning adapter's virtual tokens / prefix applied per document.
+    ``strop_shared_prefix``: rows laid out with one shared prefix (strop.data.batching)."""
     from strop.train.objectives.causal_lm import causal_lm_of
 
     decoder = causal_lm_of(model).get_decoder()
     cfg = active_config(model)
     extra = {"strop_doc_lens": strop_doc_lens} if strop_doc_lens is not None else {}
+    if strop_shared_prefix is not None:
+        if cfg is not None:  # config validation refuses this first (data.share_prefix)
+            raise StropError("data.share_prefix: prompt-learning methods cannot share prefixes")
+        extra["strop_shared_prefix"] = strop_shared_prefix
     if cfg is None:
         return decoder(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra

@@ -132,6 +132,20 @@ def check_method_fits(cfg, source: str = "config") -> None:
         )
     if name in ("prompt", "prefix", "ptuning"):
         _check_prompt_learning(cfg, params, source)
+    if cfg.data.share_prefix:
+        _check_share_prefix(cfg, name, source)
+
+
+def _check_share_prefix(cfg, name: str, source: str) -> None:
+    why = None
+    if cfg.stage not in ("pt", "sft"):
+        why = f"stage {cfg.stage} scores whole sequences; only stages pt and sft share prefixes"
+    elif cfg.model.attn != "sdpa":
+        why = "it needs strop's per-document attention: set model.attn: sdpa"
+    elif name in ("prompt", "prefix", "ptuning"):
+        why = f"method {name} gives every document its own virtual tokens"
+    if why:
+        raise StropError(f"{source}: data.share_prefix: {why}; or set data.share_prefix: false")
 
 
 def _check_prompt_learning(cfg, params, source: str) -> None:

@@ -14,7 +14,7 @@ from strop.train.objectives.simpo import SimPOObjective
 
 
 def _causal_lm(model, cfg) -> CausalLMObjective:
-    return CausalLMObjective(model, cfg.train.loss_chunk)
+    return CausalLMObjective(model, cfg.train.loss_chunk, cfg.data.share_prefix)
 
 
 # pt (continued pre-training) and sft differ only in their data: raw text with every token a

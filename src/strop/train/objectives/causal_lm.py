@@ -26,28 +26,35 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
 class CausalLMObjective(nn.Module):
     """Wraps the model so DDP/FSDP wrap one module whose forward returns the loss sum."""
 
-    def __init__(self, model: nn.Module, loss_chunk: int = 1024):
+    def __init__(self, model: nn.Module, loss_chunk: int = 1024, share_prefix: bool = False):
         super().__init__()
         self.model = model
         self.loss_chunk = loss_chunk
+        self.share_prefix = share_prefix
 
     perplexity = True  # the eval loss is a per-token cross-entropy
 
     def collate(self, rows, pad_id: int, doc_attention: bool) -> dict:
-        return collate(rows, pad_id, doc_attention)
+        return collate(rows, pad_id, doc_attention, share_prefix=self.share_prefix)
 
     def units(self, batch: dict) -> torch.Tensor:
         """The loss is normalised by target tokens (across micro-batches and ranks)."""
         return (batch["labels"][:, 1:] != IGNORE).sum()
 
     def forward(
-        self, input_ids, labels, attention_mask=None, position_ids=None, strop_doc_lens=None
+        self,
+        input_ids,
+        labels,
+        attention_mask=None,
+        position_ids=None,
+        strop_doc_lens=None,
+        strop_shared_prefix=None,
     ) -> dict:
         lm = causal_lm_of(self.model)
         # The decoder alone (no full-vocabulary logits); prompt-learning adapters add their
         # virtual tokens per document there (strop.models.prompt_learning).
         hidden = decoder_hidden(
-            self.model, input_ids, attention_mask, position_ids, strop_doc_lens
+            self.model, input_ids, attention_mask, position_ids, strop_doc_lens, strop_shared_prefix
         )  # [B, T, d]
         # Position t predicts token t+1; only positions whose next token is a target matter.
         targets = labels[:, 1:]
