@@ -138,7 +138,7 @@ def run_strop(args, method: str, share_prefix: bool = False) -> dict:
     measured with perf_counter between consecutive steps, so each step's wall time is exactly
     (target tokens of the step) / target_tokens_per_s. The first ``warmup`` steps are dropped.
     Model load, data rendering and the final save happen outside those intervals."""
-    from strop.data.batching import ShardedSampler, collate
+    from strop.data.batching import ShardedSampler, collate, documents
     from strop.data.dataset import build_datasets
     from strop.hub import resolve_model
     from strop.models.load import load_tokenizer
@@ -162,12 +162,7 @@ def run_strop(args, method: str, share_prefix: bool = False) -> dict:
     stats = []
     for n_targets in deltas:
         step_rows = [rows[j] for j in sampler.next_step()]
-        docs = []
-        for r in step_rows:
-            at = 0
-            for n in r.doc_lens:
-                docs.append((r.input_ids[at : at + n], r.labels[at : at + n]))
-                at += n
+        docs = documents(step_rows)
         s = doc_stats(docs)
         # The token slots strop's own collate builds (rows laid end to end under the default
         # per-document attention: no padding; a shared prefix once).

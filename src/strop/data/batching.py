@@ -57,6 +57,17 @@ def unpacked(samples: list[Sample]) -> list[Row]:
     return [Row(s.input_ids, s.labels, [len(s.input_ids)]) for s in samples]
 
 
+def documents(rows: list[Row]) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of every document of ``rows``, in order."""
+    docs = []
+    for r in rows:
+        at = 0
+        for n in r.doc_lens:
+            docs.append((r.input_ids[at : at + n], r.labels[at : at + n]))
+            at += n
+    return docs
+
+
 SHARE_MIN_TOKENS = 16  # a shorter common prefix is not worth its extra attention calls
 
 
@@ -85,12 +96,7 @@ def _shared_prefix_batch(rows: list[Row], pad_id: int, dtype) -> dict | None:
     prefix is computed once and every suffix attends to it (strop.models.attention). Positions
     continue after the prefix, so each document sees exactly the positions and context it has
     alone: its loss and gradients are those of the unshared layout. None when nothing is shared."""
-    docs = []
-    for r in rows:
-        at = 0
-        for n in r.doc_lens:
-            docs.append((r.input_ids[at : at + n], r.labels[at : at + n]))
-            at += n
+    docs = documents(rows)
     p = shared_prefix_length(docs)
     if p < SHARE_MIN_TOKENS:
         return None
