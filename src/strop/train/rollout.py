@@ -12,9 +12,9 @@ Sampling draws from its own ``torch.Generator``: the trainer's global RNG is unt
 rollout is reproducible from (weights, prompts, seed).
 
 The policy samples with the weights it trains (same module, eval mode): never stale weights.
-Under bf16/fp16 autocast, weights that autocast would cast again at every decode step (frozen
-fp32 linears, notably an LM head tied to the input embeddings) are cast once per rollout
-instead; the values are the same, the bytes read per step are halved.
+Under bf16/fp16 autocast, fp32 linear weights (notably an LM head tied to the input embeddings,
+which autocast would cast again at every decode step, and LoRA adapters) are cast once per
+rollout instead (``weights_cast_once``); the values are the same, the per-step casts go.
 An external engine (vLLM) would plug in behind ``sample`` with weights synced each step; it is
 not implemented here.
 """
