@@ -40,14 +40,17 @@ WORDS = [
 ]
 
 
-def write_chat_data(path: Path, n: int = 16, seed: int = 0) -> Path:
-    """Short chat conversations of ragged length (so padding differs between batchings)."""
+def write_chat_data(path: Path, n: int = 16, seed: int = 0, system: str | None = None) -> Path:
+    """Short chat conversations of ragged length (so padding differs between batchings);
+    ``system``: the same system message opens every conversation."""
     rng = random.Random(seed)
     with path.open("w") as f:
         for i in range(n):
             q = " ".join(rng.choices(WORDS, k=rng.randint(2, 8)))
             a = " ".join(rng.choices(WORDS, k=rng.randint(1, 12)))
             msgs = [{"role": "user", "content": f"{i}: {q}"}, {"role": "assistant", "content": a}]
+            if system:
+                msgs.insert(0, {"role": "system", "content": system})
             f.write(json.dumps({"messages": msgs}) + "\n")
     return path
 

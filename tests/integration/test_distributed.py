@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from tests.integration.dist_helpers import (
+    WORDS,
     assert_steps_close,
     assert_weights_close,
     eval_loss,
@@ -146,6 +147,39 @@ def _load_final(run: Path, method: str):
         PeftConfig.from_pretrained(final).base_model_name_or_path
     )
     return PeftModel.from_pretrained(base, final).eval()
+
+
+SYSTEM = " ".join(WORDS * 2)  # a common system prompt well over SHARE_MIN_TOKENS tokens
+
+
+@pytest.fixture(scope="module")
+def shared_prefix_reference(runs) -> tuple[Path, Path]:
+    """(config, one process without prefix sharing) on chat data that opens with SYSTEM."""
+    data = write_chat_data(runs.root / "system.jsonl", n=16, system=SYSTEM)
+    cfg = write_config(runs.root / "system.yaml", data, METHODS["lora"])
+    out = runs.root / "system-unshared"
+    run_train(cfg, [f"train.output_dir={out}", f"train.batch_size={2 * B}"])
+    return cfg, out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_shared_prefix_on_two_ranks_matches_unshared_one_process(shared_prefix_reference, mode):
+    """share_prefix's flat [prefix][suffixes] rows and their ``strop_shared_prefix`` length go
+    through DDP and FSDP2 like any batch: the same steps as one unshared process."""
+    cfg, reference = shared_prefix_reference
+    out = cfg.parent / f"system-shared-{mode}"
+    overrides = [
+        f"train.output_dir={out}",
+        f"train.distributed={mode}",
+        f"train.batch_size={B}",
+        "data.share_prefix=true",
+    ]
+    run_train(cfg, overrides, nproc=2)
+    steps = metrics(out)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["shared_frac"] > 0.3 for r in steps), steps  # the prompt really was shared
+    assert_steps_close(steps, metrics(reference))
+    assert_weights_close(final_weights(out), final_weights(reference))
 
 
 FAILING_RANK = """

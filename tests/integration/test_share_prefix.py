@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from strop.config import load_config
-from strop.data.batching import SHARE_MIN_TOKENS, pack, shared_prefix_length
+from strop.data.batching import SHARE_MIN_TOKENS, pack, shared_prefix_length, shared_tokens
 from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError
@@ -87,6 +87,8 @@ def test_shared_prefix_gives_the_loss_and_gradients_of_the_unshared_layout(tmp_p
     n_docs = sum(len(r.doc_lens) for r in rows)
     assert p >= SHARE_MIN_TOKENS
     assert shared["input_ids"].shape[1] == plain["input_ids"].shape[1] - (n_docs - 1) * p
+    assert shared_tokens(shared) == (shared["input_ids"].numel(), (n_docs - 1) * p)
+    assert shared_tokens(plain) == (plain["input_ids"].numel(), 0)
     assert out_s["n_targets"] == out_p["n_targets"]
     assert out_s["loss_sum"].item() == pytest.approx(out_p["loss_sum"].item(), rel=1e-12)
     # Not bitwise: Llama's RMSNorm computes in fp32 even in a float64 model, and the prefix's
@@ -118,6 +120,7 @@ def test_a_run_with_share_prefix_equals_the_run_without(tmp_path):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4), key
         assert a["tokens"] == b["tokens"]
+        assert "shared_frac" not in a and 0 < b["shared_frac"] < 1
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,15 @@ def _shared_prefix_batch(rows: list[Row], pad_id: int, dtype) -> dict | None:
     return batch
 
 
+def shared_tokens(batch: dict) -> tuple[int, int]:
+    """(input tokens the batch computes, tokens it does not because they are a shared prefix)."""
+    computed = int(batch["input_ids"].numel())
+    if "strop_shared_prefix" not in batch:
+        return computed, 0
+    (p,), (_, *suffixes) = batch["strop_shared_prefix"], batch["strop_doc_lens"][0]
+    return computed, p * (len(suffixes) - 1)  # one row, no padding: [prefix][suffix]...
+
+
 def collate(
     rows: list[Row],
     pad_id: int,

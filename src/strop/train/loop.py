@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from strop.config.load import dump_config
 from strop.config.schema import Config
-from strop.data.batching import Row, ShardedSampler
+from strop.data.batching import Row, ShardedSampler, shared_tokens
 from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError, StropRuntimeError
@@ -144,6 +144,15 @@ def _step_batches(objective, rows, cfg: Config, pad_id: int, device) -> tuple[li
     return batches, n_local.sum(0).to(device)
 
 
+def _shared_fraction(batches: list[dict], d: distributed.Dist) -> float:
+    """Of the input tokens this step's batches hold (all ranks), the fraction data.share_prefix
+    did not compute because another document in the micro-batch opens with them."""
+    computed, saved = map(sum, zip(*(shared_tokens(b) for b in batches), strict=True))
+    local = torch.tensor([computed, saved], dtype=torch.float64, device=d.device)
+    computed, saved = d.all_sum(local).tolist()
+    return saved / max(computed + saved, 1.0)
+
+
 def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
     transform, params = parse_method(cfg.method)
     torch.manual_seed(cfg.train.seed)  # same init on every rank
@@ -260,6 +269,8 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
             batches, n_local = _step_batches(objective, step_rows, cfg, pad_id, d.device)
             n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
             loss, metrics = _forward_backward(module, batches, n_global, cfg, d)
+            if cfg.data.share_prefix:
+                metrics["shared_frac"] = _shared_fraction(batches, d)
             max_norm = cfg.train.max_grad_norm or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             factor = lr_factor(
