@@ -151,3 +151,23 @@ def test_weights_cast_once_with_fused_lora_adapters(tiny, monkeypatch):
         slow = sample(model, *args)
     assert fast.completion_ids == slow.completion_ids and fast.logps == slow.logps
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sample_tokens_draws_from_the_tempered_distribution(top_p):
+    """Empirical frequencies of 40,000 draws match softmax(logits / T) (renormalised over the
+    nucleus) within 5 standard errors; a token of probability ~0 is never drawn."""
+    probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05 - 1e-30, 1e-30], dtype=torch.float64)
+    logits = (probs.log() * 0.7).float()  # T = 0.7 turns these back into probs
+    n = 40_000
+    g = torch.Generator().manual_seed(3)
+    tokens, lp = sample_tokens(logits.repeat(n, 1), 0.7, top_p, g)
+    want = probs.clone()
+    if top_p < 1:
+        want[4:] = 0  # 0.4 + 0.25 + 0.2 = 0.85 < 0.9 <= 0.95: the nucleus is the first four
+    want /= want.sum()
+    freq = torch.bincount(tokens, minlength=6).double() / n
+    se = (want * (1 - want) / n).sqrt()
+    assert ((freq - want).abs() <= 5 * se + 1e-12).all(), (freq, want)
+    assert freq[5] == 0
+    torch.testing.assert_close(lp, (logits / 0.7).log_softmax(-1)[tokens])
