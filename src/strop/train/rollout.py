@@ -7,7 +7,10 @@ What it does that plain ``model.generate(num_return_sequences=G)`` does not:
 - finished completions leave the batch: their rows are dropped from the KV cache, so late
   decode steps compute only the completions still running;
 - the log-prob of every sampled token, log softmax(logits / T)[token], is returned with it
-  (T = 1 when greedy): the "old policy" log-probs of PPO/GRPO come for free.
+  (T = 1 when greedy): the "old policy" log-probs of PPO/GRPO come for free;
+- keys and values go into buffers reserved for the whole rollout, and Llama-family models
+  decode through a lean step with fused projections (strop.models.fast_decode); tokens are
+  drawn by inverse CDF, one uniform number per row (``sample_tokens``).
 Sampling draws from its own ``torch.Generator``: the trainer's global RNG is untouched, and a
 rollout is reproducible from (weights, prompts, seed).
 
@@ -30,6 +33,7 @@ from torch import nn
 
 from strop.data.batching import Row
 from strop.data.render import IGNORE
+from strop.models.fast_decode import decode_plan, reserved_cache
 from strop.train.lm_loss import linear_token_logps
 
 
@@ -114,60 +118,6 @@ def weights_cast_once(model: nn.Module, device_type: str):
             module.weight = w
 
 
-def _reserved_cache(model, capacity: int):
-    """A transformers DynamicCache whose layers write each step's keys and values into buffers
-    reserved for ``capacity`` positions, instead of concatenating: DynamicLayer copies the whole
-    cache of every layer at every decode step (for SmolLM2 with 32 rows, a fifth of the step).
-    Models with other layer kinds (sliding windows, linear attention) keep the plain cache."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    class ReservedLayer(DynamicLayer):
-        def __init__(self):
-            super().__init__()
-            self.length = 0
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                (b, hk, _, dk), (_, hv, _, dv) = key_states.shape, value_states.shape
-                self.k_buf = key_states.new_empty(b, hk, capacity, dk)
-                self.v_buf = value_states.new_empty(b, hv, capacity, dv)
-            end = self.length + key_states.shape[-2]
-            if end > self.k_buf.shape[-2]:  # never in sample(); kept correct all the same
-                self.k_buf = torch.cat([self.k_buf[:, :, : self.length], key_states], -2)
-                self.v_buf = torch.cat([self.v_buf[:, :, : self.length], value_states], -2)
-            else:
-                self.k_buf[:, :, self.length : end] = key_states
-                self.v_buf[:, :, self.length : end] = value_states
-            self.length = end
-            self.keys, self.values = self.k_buf[:, :, :end], self.v_buf[:, :, :end]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length
-
-        def _rebuild(self, pick) -> None:
-            if self.is_initialized:
-                self.k_buf, self.v_buf = pick(self.k_buf), pick(self.v_buf)
-                self.keys = self.k_buf[:, :, : self.length]
-                self.values = self.v_buf[:, :, : self.length]
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            self._rebuild(lambda buf: buf.repeat_interleave(repeats, dim=0))
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self._rebuild(lambda buf: buf[indices])
-
-        def crop(self, tokens_to_remove: int) -> None:
-            raise NotImplementedError("the rollout cache never crops")
-
-    cache = DynamicCache(config=model.config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [ReservedLayer() for _ in cache.layers]
-    return cache
-
-
 def sample(
     model,
     prompts: list[list[int]],
@@ -197,7 +147,11 @@ def _sample(
     gen = torch.Generator(device=device).manual_seed(seed)
     ids, mask = _left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    cache = _reserved_cache(model, ids.shape[1] + max_new_tokens)
+    cache = reserved_cache(model, ids.shape[1] + max_new_tokens)
+    dtype = (
+        torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    )
+    plan = decode_plan(model, cache, dtype or model.get_input_embeddings().weight.dtype)
     out = model(
         input_ids=ids,
         attention_mask=mask,
@@ -233,14 +187,17 @@ def _sample(
             cache.batch_select_indices(keep)
             active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
-        out = model(
-            input_ids=tok[:, None],
-            attention_mask=mask,
-            position_ids=next_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1].float()
+        if plan is not None:
+            logits = plan.step(tok, next_pos, mask, cache)
+        else:
+            out = model(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     model.train(was_training)
     lengths_l, toks, lps = lengths.tolist(), tokens_out.tolist(), logps_out.tolist()
@@ -250,6 +207,7 @@ def _sample(
         logps=[lps[i][: lengths_l[i]] for i in range(n)],
         finished=finished.tolist(),
         stats={
+            "fast_decode": plan is not None,
             "seconds": time.perf_counter() - t0,
             "prefill_seconds": prefill_s,
             "decode_steps": steps,
