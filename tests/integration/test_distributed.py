@@ -158,7 +158,9 @@ def shared_prefix_reference(runs) -> tuple[Path, Path]:
     data = write_chat_data(runs.root / "system.jsonl", n=16, system=SYSTEM)
     cfg = write_config(runs.root / "system.yaml", data, METHODS["lora"])
     out = runs.root / "system-unshared"
-    run_train(cfg, [f"train.output_dir={out}", f"train.batch_size={2 * B}"])
+    run_train(
+        cfg, [f"train.output_dir={out}", f"train.batch_size={2 * B}", "data.share_prefix=false"]
+    )
     return cfg, out
 
 

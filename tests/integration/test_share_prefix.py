@@ -16,7 +16,7 @@ from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError
 from strop.models.load import load_model
-from strop.models.transforms import parse_method
+from strop.models.transforms import parse_method, shares_prefixes
 from strop.train.loop import train
 from strop.train.objectives.causal_lm import CausalLMObjective
 from tests.helpers import tiny_config
@@ -123,17 +123,28 @@ def test_a_run_with_share_prefix_equals_the_run_without(tmp_path):
         assert "shared_frac" not in a and 0 < b["shared_frac"] < 1
 
 
-@pytest.mark.parametrize(
-    ("sections", "needle"),
-    [
-        ({"stage": "dpo"}, "stage dpo"),
-        ({"model": {"name": "tiny-llama", "attn": "eager"}}, "model.attn: sdpa"),
-        ({"method": {"name": "prompt", "virtual_tokens": 4}}, "method prompt"),
-    ],
-)
+REFUSALS = [
+    ({"stage": "dpo"}, "stage dpo"),
+    ({"model": {"name": "tiny-llama", "attn": "eager"}}, "model.attn: sdpa"),
+    ({"method": {"name": "prompt", "virtual_tokens": 4}}, "method prompt"),
+]
+
+
+@pytest.mark.parametrize(("sections", "needle"), REFUSALS)
 def test_share_prefix_refuses_what_it_cannot_honour(tmp_path, sections, needle):
     raw = tiny_config(tmp_path / "run", tmp_path / "x.jsonl", data={"share_prefix": True})
     raw.update(sections)
     with pytest.raises(StropError, match="data.share_prefix") as err:
         load_config(None, raw=raw)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("sections", [{}, *(s for s, _ in REFUSALS)])
+def test_share_prefix_auto_is_on_exactly_where_it_can_be(tmp_path, sections):
+    """The default (auto) shares in sft with sdpa and a non-prompt method, and quietly does
+    not where true would be refused."""
+    raw = tiny_config(tmp_path / "run", tmp_path / "x.jsonl")
+    raw.update(sections)
+    cfg = load_config(None, raw=raw)
+    assert cfg.data.share_prefix == "auto"
+    assert shares_prefixes(cfg) is (sections == {})

@@ -32,10 +32,11 @@ class DataSection(Section):
     text_field: str = "text"
     max_length: int = Field(1024, ge=8)
     packing: bool = True
-    share_prefix: bool = False
+    share_prefix: bool | Literal["auto"] = "auto"
     """Documents of a micro-batch that open with the same non-target tokens (a common system
     prompt) compute them once; every document still attends to all of them, so loss and
-    gradients are unchanged (stages pt/sft, model.attn: sdpa, not with prompt-learning methods)."""
+    gradients are unchanged. Works for stages pt/sft with model.attn: sdpa and methods other
+    than prompt learning: auto turns it on exactly there, true refuses any other setting."""
     mask: Literal["assistant", "last", "all"] = "assistant"
     """Which tokens carry loss in chat data: all assistant turns, the last one, or everything."""
     truncation: Literal["right", "drop"] = "right"

@@ -269,7 +269,7 @@ def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
             batches, n_local = _step_batches(objective, step_rows, cfg, pad_id, d.device)
             n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
             loss, metrics = _forward_backward(module, batches, n_global, cfg, d)
-            if cfg.data.share_prefix:
+            if getattr(objective, "share_prefix", False):
                 metrics["shared_frac"] = _shared_fraction(batches, d)
             max_norm = cfg.train.max_grad_norm or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))

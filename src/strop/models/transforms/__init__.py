@@ -132,20 +132,27 @@ def check_method_fits(cfg, source: str = "config") -> None:
         )
     if name in ("prompt", "prefix", "ptuning"):
         _check_prompt_learning(cfg, params, source)
-    if cfg.data.share_prefix:
-        _check_share_prefix(cfg, name, source)
-
-
-def _check_share_prefix(cfg, name: str, source: str) -> None:
-    why = None
-    if cfg.stage not in ("pt", "sft"):
-        why = f"stage {cfg.stage} scores whole sequences; only stages pt and sft share prefixes"
-    elif cfg.model.attn != "sdpa":
-        why = "it needs strop's per-document attention: set model.attn: sdpa"
-    elif name in ("prompt", "prefix", "ptuning"):
-        why = f"method {name} gives every document its own virtual tokens"
-    if why:
+    why = _share_prefix_obstacle(cfg)
+    if cfg.data.share_prefix is True and why:
         raise StropError(f"{source}: data.share_prefix: {why}; or set data.share_prefix: false")
+
+
+def _share_prefix_obstacle(cfg) -> str | None:
+    """Why documents of this run cannot share prefixes, or None."""
+    name = cfg.method["name"]
+    if cfg.stage not in ("pt", "sft"):
+        return f"stage {cfg.stage} scores whole sequences; only stages pt and sft share prefixes"
+    if cfg.model.attn != "sdpa":
+        return "it needs strop's per-document attention: set model.attn: sdpa"
+    if name in ("prompt", "prefix", "ptuning"):
+        return f"method {name} gives every document its own virtual tokens"
+    return None
+
+
+def shares_prefixes(cfg) -> bool:
+    """data.share_prefix resolved: true, or auto where the run allows it."""
+    setting = cfg.data.share_prefix
+    return setting is True or (setting == "auto" and _share_prefix_obstacle(cfg) is None)
 
 
 def _check_prompt_learning(cfg, params, source: str) -> None:

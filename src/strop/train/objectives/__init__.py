@@ -3,6 +3,7 @@ the stage name. An entry builds the objective from (model, config)."""
 
 from __future__ import annotations
 
+from strop.models.transforms import shares_prefixes
 from strop.train.objectives.causal_lm import CausalLMObjective
 from strop.train.objectives.dpo import DPOObjective
 from strop.train.objectives.grpo import GRPOObjective
@@ -14,7 +15,7 @@ from strop.train.objectives.simpo import SimPOObjective
 
 
 def _causal_lm(model, cfg) -> CausalLMObjective:
-    return CausalLMObjective(model, cfg.train.loss_chunk, cfg.data.share_prefix)
+    return CausalLMObjective(model, cfg.train.loss_chunk, shares_prefixes(cfg))
 
 
 # pt (continued pre-training) and sft differ only in their data: raw text with every token a
