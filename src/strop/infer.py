@@ -153,6 +153,15 @@ def _batches(order: list[int], size: int, progress: bool) -> Iterator[list[int]]
             bar.advance(task, len(chunk))
 
 
+def _engine_serves(model, params: GenerationParams) -> bool:
+    """strop's rollout engine (strop.train.rollout.sample) generates unless stop strings need a
+    text check at every step, or the model is a prompt-learning adapter (its virtual tokens
+    come with peft's own generate)."""
+    peft_cfg = getattr(model, "peft_config", None)
+    prompt_learning = bool(peft_cfg) and any(c.is_prompt_learning for c in peft_cfg.values())
+    return not params.stop and not prompt_learning
+
+
 def generate(
     model,
     tokenizer,
@@ -163,8 +172,14 @@ def generate(
     stats: dict | None = None,
 ) -> list[str]:
     """Complete every prompt; returns texts in input order. ``stats`` (if given) receives
-    ``new_tokens``, the number of tokens generated in total."""
+    ``new_tokens``, the number of tokens generated in total.
+
+    Batches go through strop's rollout engine (reserved KV cache, finished rows leave the
+    batch, the lean Llama-family decode step: docs/performance.md, "GRPO rollouts"); with stop
+    strings or a prompt-learning adapter, through transformers' ``generate``."""
     from transformers import StoppingCriteriaList
+
+    from strop.train.rollout import sample
 
     _check_params(params)
     rendered = [render_prompt(tokenizer, p, system) for p in prompts]
@@ -181,16 +196,25 @@ def generate(
     model.eval()
     try:
         with _left_padding(tokenizer), torch.inference_mode(), _seeded(params.seed, device):
-            for chunk in _batches(order, params.batch_size, progress):
-                batch = tokenizer.pad(
-                    {"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt"
-                ).to(device)
-                prompt_len = batch["input_ids"].shape[1]
-                criteria = StoppingCriteriaList()
-                if params.stop:
-                    criteria.append(_StopStrings(tokenizer, params.stop, prompt_len))
-                seqs = model.generate(**batch, **kwargs, stopping_criteria=criteria)
-                for i, row in zip(chunk, seqs[:, prompt_len:].tolist(), strict=True):
+            engine = _engine_serves(model, params)
+            pad = kwargs["generation_config"].pad_token_id
+            for n, chunk in enumerate(_batches(order, params.batch_size, progress)):
+                if engine:  # seeded per batch: reproducible for a seed and a batch size
+                    ro = sample(model, [encoded[i] for i in chunk], 1, params.max_new_tokens,
+                                sorted(stop_ids), pad, params.temperature, params.top_p,
+                                seed=params.seed + n)  # fmt: skip
+                    rows = ro.completion_ids
+                else:
+                    batch = tokenizer.pad(
+                        {"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt"
+                    ).to(device)
+                    prompt_len = batch["input_ids"].shape[1]
+                    criteria = StoppingCriteriaList()
+                    if params.stop:
+                        criteria.append(_StopStrings(tokenizer, params.stop, prompt_len))
+                    seqs = model.generate(**batch, **kwargs, stopping_criteria=criteria)
+                    rows = seqs[:, prompt_len:].tolist()
+                for i, row in zip(chunk, rows, strict=True):
                     ids, made = _cut(row, stop_ids)
                     new_tokens += made
                     text = tokenizer.decode(ids, skip_special_tokens=True)
