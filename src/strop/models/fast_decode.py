@@ -17,6 +17,10 @@ layers and attention in the autocast dtype, keys rotated in the residual dtype a
 so logits agree with the transformers forward to round-off (tests/unit/test_fast_decode.py).
 Anything else (other architectures, forward hooks, quantised, DoRA or IA3 layers, prompt
 learning, logit transforms) gets no plan, and the caller keeps transformers' forward.
+
+Memory: a plan holds the q/k/v and gate/up weights concatenated (about three quarters of the
+decoder's linear weights, in the compute dtype) for as long as the rollout runs; o, down and
+the LM head are the model's own tensors when they are already in that dtype.
 """
 
 from __future__ import annotations

@@ -217,10 +217,16 @@ def _sample(
 
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
-    """Several rollouts as one (group order kept; times and token counts summed)."""
+    """Several rollouts as one (group order kept; times and token counts summed, flags
+    true when true for every part)."""
     if len(parts) == 1:
         return parts[0]
-    stats = {k: sum(p.stats.get(k, 0) for p in parts) for k in parts[0].stats}
+    stats = {
+        k: all(p.stats.get(k) for p in parts)
+        if isinstance(v, bool)
+        else sum(p.stats.get(k, 0) for p in parts)
+        for k, v in parts[0].stats.items()
+    }
     return Rollout(
         [x for p in parts for x in p.prompt_ids],
         [x for p in parts for x in p.completion_ids],
