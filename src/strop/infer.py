@@ -157,9 +157,9 @@ def _engine_serves(model, params: GenerationParams) -> bool:
     """strop's rollout engine (strop.train.rollout.sample) generates unless stop strings need a
     text check at every step, or the model is a prompt-learning adapter (its virtual tokens
     come with peft's own generate)."""
-    peft_cfg = getattr(model, "peft_config", None)
-    prompt_learning = bool(peft_cfg) and any(c.is_prompt_learning for c in peft_cfg.values())
-    return not params.stop and not prompt_learning
+    from strop.models.prompt_learning import active_config
+
+    return not params.stop and active_config(model) is None
 
 
 def generate(

@@ -231,10 +231,10 @@ class DecodePlan:
 def decode_plan(model: nn.Module, cache, dtype: torch.dtype) -> DecodePlan | None:
     """A DecodePlan for ``model`` computing in ``dtype`` (the autocast dtype, or the model's),
     or None when the model is anything the lean step does not reproduce exactly."""
+    from strop.models.prompt_learning import active_config
     from strop.train.objectives.causal_lm import _has_logit_transform, causal_lm_of
 
-    peft_cfg = getattr(model, "peft_config", None)
-    if peft_cfg and any(c.is_prompt_learning for c in peft_cfg.values()):
+    if active_config(model) is not None:  # virtual tokens: peft's own forward
         return None
     lm = causal_lm_of(model)
     cfg = lm.config
