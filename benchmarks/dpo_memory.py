@@ -15,7 +15,8 @@ Variants:
                             at the targets for policy and reference; chosen and rejected stacked
                             in one [2P, T] batch; torch AdamW (LoRA: peft, r 16, all-linear).
   strop-full / strop-lora   strop's DPO objective driven through strop.train.loop's own helpers
-                            (_prepare, _prepare_reference, _step_batches, _forward_backward),
+                            (setup.load_model_and_data, Objective.prepare, loop.step_batches,
+                            loop.forward_backward),
                             reference: precompute (no reference model kept), log-probs through
                             the LM head at target positions only, chunked.
   strop-full-model          the same with reference: model (a frozen reference stays resident).
@@ -400,15 +401,10 @@ def _timed_loop(args, device, step_fn, optimizer):
 
 
 def step_batches(objective, rows, indices, cfg, pad_id, device):
-    """strop.train.loop._step_batches for one step's rows; it has taken either (rows,
-    indices) or the step's row list, so both signatures are served."""
-    import inspect
+    """strop.train.loop.step_batches for the rows of one step."""
+    from strop.train.loop import step_batches as loop_step_batches
 
-    from strop.train.loop import _step_batches
-
-    if "indices" in inspect.signature(_step_batches).parameters:
-        return _step_batches(objective, rows, indices, cfg, pad_id, device)
-    return _step_batches(objective, [rows[j] for j in indices], cfg, pad_id, device)
+    return loop_step_batches(objective, [rows[j] for j in indices], cfg, pad_id, device)
 
 
 def run_strop(args, method: str, reference: str, grad_ckpt: bool):
@@ -416,8 +412,10 @@ def run_strop(args, method: str, reference: str, grad_ckpt: bool):
 
     from strop.data.render import IGNORE as _IGNORE
     from strop.train import distributed
-    from strop.train.loop import _forward_backward, _prepare, _prepare_reference
-    from strop.train.objectives import OBJECTIVES
+    from strop.models.transforms import TRANSFORMS
+    from strop.train.loop import forward_backward
+    from strop.train.objectives import OBJECTIVES, Setting
+    from strop.train.setup import autocast, load_model_and_data
     from strop.train.optim import build_optimizer, set_lr
 
     assert _IGNORE == IGNORE
@@ -429,14 +427,18 @@ def run_strop(args, method: str, reference: str, grad_ckpt: bool):
     def quiet(*a, **k):
         return None
 
-    transform, model, tok, _, data, lr_mult = _prepare(cfg, d, Path(tmp), quiet)
+    model, tok, _, data = load_model_and_data(cfg, d, Path(tmp), quiet)
+    transform = TRANSFORMS[cfg.method.name]
+    lr_mult = transform.lr_multipliers(model, cfg.method) if transform.lr_multipliers else {}
     rows = data.train.rows
     if [r.doc_lens for r in rows] != [[args.seq_len] * 2] * len(rows):
         raise SystemExit("strop rendered rows of unexpected lengths")
     phases.mark("model_loaded")
-    objective = OBJECTIVES["dpo"](model, cfg)
+    objective = OBJECTIVES["dpo"].from_config(model, cfg)
     t0 = time.perf_counter()
-    _prepare_reference(objective, cfg, data, tok.pad_token_id, d, quiet)
+    splits = [s.rows for s in (data.train, data.eval) if s]
+    precision = lambda: autocast(cfg.train.precision, d.device)  # noqa: E731
+    objective.prepare(Setting(cfg, d.device, tok.pad_token_id, True, precision, quiet, splits))
     _sync(d.device)
     precompute_s = time.perf_counter() - t0 if reference == "precompute" else None
     module = distributed.wrap(objective, d)
@@ -451,7 +453,7 @@ def run_strop(args, method: str, reference: str, grad_ckpt: bool):
     def step(i: int, after_backward):
         batches, n_local = step_batches(objective, rows, plan[i], cfg, tok.pad_token_id, d.device)
         n_global, _ = d.all_sum(n_local.clone()).clamp(min=1).unbind()
-        loss, _metrics = _forward_backward(module, batches, n_global, cfg, d)
+        loss, _metrics = forward_backward(module, batches, n_global, cfg, d)
         after_backward()
         if i == 0:
             grads.update(grad_record(model.named_parameters()))
@@ -509,7 +511,8 @@ def run_naive(args, method: str):
     from transformers import AutoModelForCausalLM
 
     from strop.hub import resolve_model
-    from strop.models.load import load_tokenizer, quiet_transformers
+    from strop.models.load import load_tokenizer
+    from strop.quiet import quiet_transformers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     phases = Phases(device)

@@ -1,7 +1,7 @@
 """GRPO rollouts and step time, side by side (docs/performance.md, "GRPO rollouts").
 
 1. Generation throughput at the same prompts, group size and lengths: strop's rollout engine
-   (strop.train.rollout.sample: one prefill per prompt shared by its group, finished rows leave
+   (strop.rollout.sample: one prefill per prompt shared by its group, finished rows leave
    the batch) vs plain ``model.generate(num_return_sequences=G, do_sample=True)``.
    ``fixed`` turns stop tokens off so both make exactly max_new_tokens per completion (same
    work); ``stops`` keeps the end-of-turn tokens (the real case: lengths vary).
@@ -74,7 +74,7 @@ def _plain(model, tok, prompts, g, new, stops):
 
 
 def _strop(model, tok, prompts, g, new, stops, seed):
-    from strop.train.rollout import sample
+    from strop.rollout import sample
 
     r = sample(model, prompts, g, new, stops, tok.pad_token_id, 1.0, 1.0, seed)
     return r.stats["new_tokens"]

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from strop.train.lm_loss import linear_cross_entropy_sum
+from strop.models.lm_loss import linear_cross_entropy_sum
 
 
 def _peak_mb() -> float:

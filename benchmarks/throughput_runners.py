@@ -96,7 +96,7 @@ def run_plain(args, method: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from strop.hub import resolve_model
-    from strop.models.load import quiet_transformers
+    from strop.quiet import quiet_transformers
 
     samples, tok = _samples(args)
     quiet_transformers()
@@ -184,7 +184,7 @@ def run_trl(args, method: str) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from strop.hub import resolve_model
-    from strop.models.load import quiet_transformers
+    from strop.quiet import quiet_transformers
 
     samples, tok = _samples(args)
     batches = _plain_batches(samples, args)

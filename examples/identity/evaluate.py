@@ -24,15 +24,14 @@ def margins(model, tok, records) -> torch.Tensor:
     """log p(chosen) - log p(rejected) per held-out pair, summed over response tokens."""
     from strop.data.batching import collate
     from strop.data.pairs import preference_rows
-    from strop.train.objectives.sequence import per_document, target_logps
+    from strop.models.logps import pair_logps
 
     rows, _ = preference_rows(tok, records, max_length=256)
     out = []
     with torch.no_grad():
         for s in range(0, len(rows), 8):
             batch = collate(rows[s : s + 8], tok.pad_token_id, with_docs=True)
-            lp, docs = target_logps(model, batch, 1024)
-            pair = per_document(lp, docs, len(rows[s : s + 8]))
+            pair = pair_logps(model, batch, 1024, len(rows[s : s + 8]))
             out.append(pair[:, 0] - pair[:, 1])
     return torch.cat(out)
 

@@ -15,7 +15,10 @@ from strop.errors import StropError, StropRuntimeError
 
 app = typer.Typer(
     name="strop",
-    help="Turn a general LLM into a specialist: prepare data, train, evaluate, chat.",
+    help=(
+        "Turn a general LLM into a specialist: prepare data, train any stage with any method, "
+        "evaluate, merge, then chat with it or run it over a file."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -26,12 +29,14 @@ app.add_typer(data_app, name="data")
 OVERRIDES_HELP = "Dotted overrides, e.g. train.lr=1e-4 method.r=8"
 
 
-@app.command()
+@app.command(
+    help="Train any stage (pt, sft, rm, dpo, orpo, simpo, kto, ppo, grpo) with any method "
+    "(full, freeze, bitfit, lora, dora, qlora, ia3, adapter, prompt, prefix, ptuning)."
+)
 def train(
     config: str = typer.Argument(..., help="YAML config file"),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
-    """Train any stage (pt, sft) with any method (full, freeze, bitfit, lora, dora, ia3, qlora)."""
     from strop.commands.train import train_command
 
     train_command(config, overrides or [])
@@ -50,28 +55,33 @@ def prepare(
     prepare_command(config, overrides or [])
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    help="Score models on tasks (generation, perplexity, multiple_choice, preference, "
+    "classification, reward, judge, retrieval); deltas with 95% bootstrap CIs and what "
+    "general ability was lost.",
+)
 def eval_(
     config: str = typer.Argument(..., help="YAML eval config (models, baseline, tasks)"),
     overrides: list[str] = typer.Argument(
         None, help="Dotted overrides, e.g. seed=1 tasks.events.limit=10"
     ),
 ) -> None:
-    """Score models on generation / perplexity tasks; report deltas with 95% bootstrap CIs."""
     from strop.commands.eval import eval_command
 
     eval_command(config, overrides or [])
 
 
-@app.command()
+@app.command(
+    help="Merge models: linear, task_arithmetic, slerp, ties, dare_linear, dare_ties, "
+    "checkpoint_average; with a search: section, pick weights by eval score."
+)
 def merge(
     config: str = typer.Argument(..., help="YAML merge config (method, models, output)"),
     overrides: list[str] = typer.Argument(
         None, help="Dotted overrides, e.g. params.t=0.3 models.0.weight=0.7"
     ),
 ) -> None:
-    """Merge models: linear, task_arithmetic, slerp, ties, dare_linear, dare_ties,
-    checkpoint_average; with a search: section, pick weights by eval score."""
     from strop.commands.merge import merge_command
 
     merge_command(config, overrides or [])

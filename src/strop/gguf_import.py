@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
+from strop.quiet import quiet_transformers
+
 
 def convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from strop.models.load import quiet_transformers
 
     quiet_transformers()
     gguf = Path(gguf)

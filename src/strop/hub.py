@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strop.errors import StropError
+from strop.gguf_import import convert_gguf
+from strop.tiny import build_tiny_model
 
 CACHE_VERSION = "v1"
 
@@ -37,7 +39,6 @@ class KnownModel:
 
 def _build_tiny(arch: str) -> Callable[[Path], None]:
     def build(out: Path) -> None:
-        from strop.tiny import build_tiny_model
 
         build_tiny_model(arch, out)
 
@@ -45,7 +46,6 @@ def _build_tiny(arch: str) -> Callable[[Path], None]:
 
 
 def _build_smollm2(out: Path) -> None:
-    from strop.gguf_import import convert_gguf
 
     convert_gguf(embedded_gguf_path(), out)
 
@@ -99,8 +99,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         return _materialise(key, KNOWN_MODELS[key].build)
     path = Path(key).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        from strop.gguf_import import convert_gguf
-
         stat = path.stat()
         tag = f"gguf-{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
         return _materialise(tag, lambda out: convert_gguf(path, out))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from strop.errors import StropError
+from strop.models.prompt_learning import active_config
+from strop.rollout import sample
 
 # End-of-turn markers of common chat templates: a model may emit one of these rather than the
 # tokenizer's eos (e.g. Llama-3 models end turns with <|eot_id|> but declare <|end_of_text|>).
@@ -154,10 +156,9 @@ def _batches(order: list[int], size: int, progress: bool) -> Iterator[list[int]]
 
 
 def _engine_serves(model, params: GenerationParams) -> bool:
-    """strop's rollout engine (strop.train.rollout.sample) generates unless stop strings need a
+    """strop's rollout engine (strop.rollout.sample) generates unless stop strings need a
     text check at every step, or the model is a prompt-learning adapter (its virtual tokens
     come with peft's own generate)."""
-    from strop.models.prompt_learning import active_config
 
     return not params.stop and active_config(model) is None
 
@@ -178,8 +179,6 @@ def generate(
     batch, the lean Llama-family decode step: docs/performance.md, "GRPO rollouts"); with stop
     strings or a prompt-learning adapter, through transformers' ``generate``."""
     from transformers import StoppingCriteriaList
-
-    from strop.train.rollout import sample
 
     _check_params(params)
     rendered = [render_prompt(tokenizer, p, system) for p in prompts]

@@ -17,7 +17,7 @@ from strop.data.records import Message, Record
 from strop.data.render import ensure_chat_template, tokenize_chat
 from strop.errors import StropError
 from strop.models.load import load_model
-from strop.train.objectives.rm import last_token_rewards
+from strop.models.logps import last_token_rewards
 
 
 def load_reward_model(path: str | Path, dtype: str = "auto"):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from strop.config import load_config
+from strop.data.dataset import build_datasets
 from strop.errors import StropRuntimeError
+from strop.hub import resolve_model
+from strop.models.load import load_tokenizer
 from strop.train.loop import train
-from tests.helpers import tiny_config, write_chat_jsonl, write_text_jsonl
+from tests.helpers import tiny_config, write_chat_jsonl
 
 
 def _cfg(tmp_path, **sections):
@@ -51,9 +56,49 @@ def test_gradient_checkpointing_gives_the_same_trajectory(tmp_path):
 
 
 def test_pt_splits_long_documents_and_trains_every_token(tmp_path):
-    data = write_text_jsonl(tmp_path / "text.jsonl", n=12)
-    raw = tiny_config(tmp_path / "run", data, stage="pt", data={"max_length": 64, "packing": True})
-    run = train(load_config(None, raw=raw))
+    """Documents longer than max_length become consecutive pieces that together hold every
+    token of the document (BOS and EOS included); every token of a piece but its first is a
+    target; one epoch trains exactly those targets."""
+    words = [
+        "the",
+        "river",
+        "runs",
+        "past",
+        "old",
+        "mills",
+        "and",
+        "quiet",
+        "farms",
+        "toward",
+        "a",
+        "grey",
+        "sea",
+    ]
+    texts = [" ".join(words[(i + k) % len(words)] for k in range(n)) for i, n in
+             enumerate((4, 30, 75, 120, 9, 160))]  # fmt: skip
+    path = tmp_path / "text.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    raw = tiny_config(tmp_path / "run", path, stage="pt", data={"max_length": 32, "packing": True},
+                      train={"max_steps": None, "epochs": 1, "batch_size": 1})  # fmt: skip
+    cfg = load_config(None, raw=raw)
+    tok = load_tokenizer(resolve_model(cfg.model.name))
+    rows = build_datasets(cfg.data, cfg.stage, tok, cfg.train.seed).train.rows
+    pieces = []
+    for row in rows:
+        assert row.labels == row.input_ids  # every token of raw text is trained on
+        starts = [sum(row.doc_lens[:k]) for k in range(len(row.doc_lens))]
+        pieces += [
+            tuple(row.input_ids[s : s + n]) for s, n in zip(starts, row.doc_lens, strict=True)
+        ]
+    want = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+        want += [tuple(ids[i : i + 32]) for i in range(0, len(ids), 32)]
+    assert sorted(pieces) == sorted(p for p in want if len(p) > 1)
+    assert max(len(tok(t)["input_ids"]) for t in texts) > 3 * 32  # some document was split 3+ ways
+    run = train(cfg)
+    assert len(run.history) == len(rows)  # batch 1, one epoch: one packed row per step
+    assert run.history[-1]["tokens"] == sum(len(p) - 1 for p in pieces)
     assert run.history[-1]["loss"] < run.history[0]["loss"]
     assert (run.final_dir / "model.safetensors").exists()
 

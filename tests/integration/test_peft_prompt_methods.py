@@ -19,7 +19,7 @@ from strop.config import load_config
 from strop.data.batching import Row, collate
 from strop.errors import StropError
 from strop.models.load import load_model
-from strop.models.prompt_learning import decoder_hidden
+from strop.models.logps import decoder_hidden
 from strop.models.transforms import parse_method
 from strop.train import artifacts
 from strop.train.loop import train
@@ -88,8 +88,8 @@ def test_every_document_of_a_packed_row_sees_its_own_virtual_tokens(peaky_base, 
         alone = torch.cat([model(input_ids=torch.tensor([x])).logits[0] for x in (a, b)])
         packed = collate([Row(a + b, a + b, [len(a), len(b)])], 261, doc_attention=True)
         padded = collate([Row(a, a, [len(a)]), Row(b, b, [len(b)])], 261, doc_attention=False)
-        got_packed = _logits(model, decoder_hidden(model, **_inputs(packed)))[0]
-        got_padded = _logits(model, decoder_hidden(model, **_inputs(padded)))
+        got_packed = _logits(model, decoder_hidden(model, _inputs(packed)))[0]
+        got_padded = _logits(model, decoder_hidden(model, _inputs(padded)))
         with model.disable_adapter():
             base = model(input_ids=torch.tensor([a])).logits[0]
     torch.testing.assert_close(got_packed, alone, rtol=0, atol=1e-5)

@@ -15,9 +15,9 @@ from strop.data.batching import Row, collate
 from strop.data.dataset import build_datasets
 from strop.errors import StropError
 from strop.models.load import load_model
+from strop.models.logps import per_document, target_documents, target_logps
 from strop.train.loop import train
 from strop.train.objectives import OBJECTIVES
-from strop.train.objectives.sequence import per_document, target_logps
 from tests.helpers import check_golden, tiny_config, write_kto_jsonl, write_preference_jsonl
 
 LORA = {"name": "lora", "r": 4, "alpha": 8}
@@ -92,8 +92,8 @@ def test_one_packed_forward_equals_separate_forwards(tmp_path):
     got = {}
     for doc_attention in (True, False):  # strop_docs SDPA, and the eager-style 4-D mask
         batch = obj.collate(part, tok.pad_token_id, doc_attention)
-        lp, docs = target_logps(obj.model, batch, 16)
-        got[doc_attention] = per_document(lp, docs, len(part))
+        lp, _ = target_logps(obj.model, batch, 16)
+        got[doc_attention] = per_document(lp, target_documents(batch), len(part))
     separate = []
     for r in part:
         one = []

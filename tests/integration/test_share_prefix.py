@@ -16,7 +16,7 @@ from strop.data.dataset import build_datasets
 from strop.data.render import IGNORE
 from strop.errors import StropError
 from strop.models.load import load_model
-from strop.models.transforms import parse_method, shares_prefixes
+from strop.models.transforms import parse_method
 from strop.train.loop import train
 from strop.train.objectives.causal_lm import CausalLMObjective
 from tests.helpers import tiny_config
@@ -147,4 +147,4 @@ def test_share_prefix_auto_is_on_exactly_where_it_can_be(tmp_path, sections):
     raw.update(sections)
     cfg = load_config(None, raw=raw)
     assert cfg.data.share_prefix == "auto"
-    assert shares_prefixes(cfg) is (sections == {})
+    assert cfg.shares_prefixes is (sections == {})

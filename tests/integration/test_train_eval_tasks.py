@@ -13,6 +13,7 @@ from strop.errors import StropError
 from strop.eval.config import load_eval_config
 from strop.eval.runner import run_eval
 from strop.train.loop import train
+from strop.train.task_eval import parse_eval_tasks
 from tests.helpers import tiny_config, write_chat_jsonl
 
 
@@ -58,5 +59,5 @@ def test_tasks_run_during_training_and_match_strop_eval_on_the_saved_model(tmp_p
 def test_bad_task_specs_are_refused_naming_the_entry(tmp_path, task, message):
     data = write_chat_jsonl(tmp_path / "chat.jsonl", n=4)
     raw = tiny_config(tmp_path / "run", data, train={"eval_tasks": [task]})
-    with pytest.raises(StropError, match=message):
-        load_config(None, raw=raw)
+    with pytest.raises(StropError, match=message):  # strop train checks them before any model work
+        parse_eval_tasks(load_config(None, raw=raw).train.eval_tasks, "config")

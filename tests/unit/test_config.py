@@ -45,7 +45,8 @@ def test_overrides_parse_yaml_values():
         raw=dict(BASE),
     )
     assert cfg.train.lr == 1e-4 and cfg.data.packing is False
-    assert cfg.method == {"name": "lora", "r": 8} and cfg.train.adam_betas == (0.9, 0.95)
+    assert cfg.train.adam_betas == (0.9, 0.95)
+    assert type(cfg.method).__name__ == "LoraMethod" and cfg.method.r == 8
 
 
 def test_method_params_are_strict_per_method():
@@ -79,7 +80,7 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_every_stage_has_an_objective_and_a_missing_one_is_refused_up_front(monkeypatch):
+def test_every_stage_has_an_objective():
     from typing import get_args
 
     from strop.config.schema import Config
@@ -87,10 +88,55 @@ def test_every_stage_has_an_objective_and_a_missing_one_is_refused_up_front(monk
 
     stages = get_args(Config.model_fields["stage"].annotation)
     assert set(stages) == set(objectives.OBJECTIVES)
-    monkeypatch.delitem(objectives.OBJECTIVES, "ppo")
-    assert "stage: 'ppo' is not implemented yet (available: pt, sft, dpo" in _err(
-        overrides=["stage=ppo", "ppo.rewards=[math_answer]"]
-    )
+
+
+def test_method_is_parsed_once_into_a_typed_object_that_knows_its_facts():
+    cfg = load_config(None, ["method.name=ptuning", "method.deep=true"], raw=dict(BASE))
+    m = cfg.method
+    assert m.name == "ptuning" and m.uses_virtual_tokens and m.kv_prefix and m.is_adapter
+    assert "not a weight change" in m.not_mergeable and "grpo" in m.refused_stages
+    full = load_config(None, ["method.name=full"], raw=dict(BASE)).method
+    assert not full.is_adapter and full.not_mergeable is None and not full.uses_virtual_tokens
+    assert "method.name: required" in _err(raw={**BASE, "method": {"r": 8}})
+
+
+@pytest.mark.parametrize("section", ["dpo", "simpo", "orpo", "kto", "rm", "grpo", "ppo"])
+def test_a_section_of_another_stage_is_refused_naming_key_and_stage(section):
+    msg = _err(overrides=["stage=sft", f"{section}.beta=5"])
+    assert f"{section}: this section is read only by stage {section}" in msg
+    assert "stage is sft" in msg
+    # with its own stage the section is read (and filled with defaults when absent)
+    raw = {**BASE, "stage": "dpo"}
+    assert load_config(None, raw=raw).dpo.beta == 0.1 and load_config(None, raw=raw).kto is None
+
+
+def test_packing_set_for_a_stage_that_does_not_pack_is_refused():
+    msg = _err(overrides=["stage=dpo", "data.packing=true"])
+    assert "data.packing: stage dpo" in msg and "does not pack" in msg
+    assert load_config(None, ["stage=dpo", "data.packing=false"], raw=dict(BASE)).stage == "dpo"
+
+
+def test_the_resolved_config_reads_back_to_the_same_config():
+    from strop.config.load import dump_config
+
+    for overrides in (["stage=dpo"], ["stage=pt", "method.name=full"], ["stage=kto"]):
+        cfg = load_config(None, overrides, raw=dict(BASE))
+        again = load_config(None, raw=yaml.safe_load(dump_config(cfg)))
+        assert again.model_dump() == cfg.model_dump()
+
+
+def test_duplicate_yaml_keys_directory_paths_and_bad_overrides(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("data: {train: x.jsonl}\nmodel:\n  name: tiny-llama\n  name: tiny-qwen2\n")
+    msg = _err(path=dup)
+    assert f"{dup}:4" in msg and "duplicate key 'name' (first at line 3)" in msg
+    assert "is a directory" in _err(path=tmp_path)
+    assert "the key before '=' is empty" in _err(overrides=["=5"])
+    # an override's mistake is attributed to the command line, not to the YAML file
+    good = tmp_path / "good.yaml"
+    good.write_text("data: {train: x.jsonl}\n")
+    msg = _err(path=good, overrides=["train.lr=abc"])
+    assert msg.startswith("command line:") and "train.lr" in msg and str(good) not in msg
 
 
 def _is_train_config(path: Path) -> bool:

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-import strop.train.rollout as rollout
+import strop.rollout as rollout
 from strop.models.fast_decode import decode_plan, reserved_cache
 from strop.models.load import frozen_linears_to, load_model
 from strop.models.transforms import parse_method

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from strop.errors import StropError
-from strop.infer import GenerationParams, _cut, _truncate_at_stops, generate, render_prompt
+from strop.infer import (
+    GenerationParams,
+    _cut,
+    _truncate_at_stops,
+    generate,
+    render_prompt,
+    stop_token_ids,
+)
 from strop.models.load import load_model
 
 PROMPTS = [
@@ -99,11 +106,38 @@ def test_state_is_restored(loaded):
     model.eval()
 
 
-def test_stats_count_new_tokens(loaded):
+def _greedy_ids(model, tok, prompt, n: int) -> list[int]:
+    """n greedy tokens by a plain loop of full forwards: a reference independent of the
+    engine and of transformers' generate."""
+    ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([ids + out])).logits[0, -1].argmax()))
+    return out
+
+
+def test_stats_count_new_tokens_exactly(loaded):
+    """new_tokens counts every generated token up to and including the one that ends a reply:
+    one row is made to stop early by declaring its third greedy token an end-of-reply id."""
     model, tok = loaded
-    stats: dict = {}
-    generate(model, tok, PROMPTS[:2], GenerationParams(max_new_tokens=4), stats=stats)
-    assert 2 <= stats["new_tokens"] <= 8
+    prompts, n = PROMPTS[:3], 6
+    early = _greedy_ids(model, tok, prompts[0], n)[2]
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = early
+    try:
+        stops = set(stop_token_ids(model, tok)) | {tok.pad_token_id}
+        assert early in stops
+        want = 0
+        for p in prompts:
+            row = _greedy_ids(model, tok, p, n)
+            want += next((i + 1 for i, t in enumerate(row) if t in stops), n)
+        stats: dict = {}
+        generate(model, tok, prompts, GenerationParams(max_new_tokens=n, batch_size=3), stats=stats)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert want <= 2 * n + 3  # the first row stopped at its third token
+    assert stats["new_tokens"] == want
 
 
 def test_bad_params_are_user_errors(loaded):

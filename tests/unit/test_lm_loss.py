@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from strop.train.lm_loss import linear_cross_entropy_sum, reference_cross_entropy_sum
+from strop.models.lm_loss import linear_cross_entropy_sum, reference_cross_entropy_sum
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1024])
@@ -48,7 +48,7 @@ def test_frozen_weight_and_no_grad_paths():
 @pytest.mark.parametrize("chunk", [1, 5, 1024])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_token_logps_match_log_softmax_with_per_position_gradients(chunk, dtype):
-    from strop.train.lm_loss import linear_token_logps, reference_token_logps
+    from strop.models.lm_loss import linear_token_logps, reference_token_logps
 
     g = torch.Generator().manual_seed(1)
     h = torch.randn(19, 12, generator=g, dtype=dtype, requires_grad=True)

@@ -14,7 +14,7 @@ from strop.train.objectives.grpo import (
     grpo_loss,
     zero_advantage_groups,
 )
-from strop.train.objectives.ppo import (
+from strop.train.objectives.policy_gradient import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     clipped_surrogate,

@@ -9,8 +9,8 @@ import torch
 from strop.data.batching import Row, collate
 from strop.data.render import IGNORE
 from strop.models.load import load_model
-from strop.train.objectives.sequence import target_logps
-from strop.train.rollout import sample, sample_tokens
+from strop.models.logps import target_logps
+from strop.rollout import sample, sample_tokens
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_weights_cast_once_under_autocast_is_bitwise_what_autocast_computes(tiny
     import copy
     from contextlib import nullcontext
 
-    import strop.train.rollout as rollout
+    import strop.rollout as rollout
 
     cast_once = rollout.weights_cast_once
     model, tok, prompts = tiny
@@ -132,7 +132,7 @@ def test_weights_cast_once_with_fused_lora_adapters(tiny, monkeypatch):
     import copy
     from contextlib import nullcontext
 
-    import strop.train.rollout as rollout
+    import strop.rollout as rollout
     from strop.models.load import frozen_linears_to
     from strop.models.transforms import parse_method
 

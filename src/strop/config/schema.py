@@ -6,6 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from strop.config.methods import LoraMethod, Method
+
+# Stages whose rows are token streams that packing may concatenate (pt, sft).
+PACKING_STAGES = ("pt", "sft")
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -218,20 +223,44 @@ class PPOSection(Section):
         return [RewardSpec(name=r) if isinstance(r, str) else r for r in self.rewards]
 
 
+# Each stage-specific section is read by exactly one stage: elsewhere it would do nothing, so a
+# config that sets it is refused rather than silently ignored.
+STAGE_SECTIONS = ("dpo", "simpo", "orpo", "kto", "rm", "grpo", "ppo")
+
+
 class Config(Section):
     model: ModelSection = ModelSection()
     stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "ppo", "grpo"] = "sft"
-    method: dict[str, Any] = Field(default_factory=lambda: {"name": "lora"})
-    """Validated by the chosen method's own params class (strop.models.transforms)."""
+    method: Method = Field(default_factory=lambda: LoraMethod(name="lora"))
+    """A tagged union on ``name`` (strop.config.methods): each method its own strict keys."""
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
-    dpo: DPOSection = DPOSection()
-    simpo: SimPOSection = SimPOSection()
-    orpo: ORPOSection = ORPOSection()
-    kto: KTOSection = KTOSection()
-    rm: RMSection = RMSection()
-    grpo: GRPOSection = GRPOSection()
-    ppo: PPOSection = PPOSection()
+    # Filled with defaults for the stage that reads them; None (and refused if set) elsewhere.
+    dpo: DPOSection | None = None
+    simpo: SimPOSection | None = None
+    orpo: ORPOSection | None = None
+    kto: KTOSection | None = None
+    rm: RMSection | None = None
+    grpo: GRPOSection | None = None
+    ppo: PPOSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        stage = data.get("stage", "sft")
+        given = [s for s in STAGE_SECTIONS if data.get(s) is not None]
+        stray = [s for s in given if s != stage]
+        if stray:
+            s = stray[0]
+            raise ValueError(
+                f"{s}: this section is read only by stage {s}, and the config's stage is "
+                f"{stage}; remove it or set stage: {s}"
+            )
+        if stage in STAGE_SECTIONS and data.get(stage) is None:
+            data = {**data, stage: {}}
+        return data
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:
@@ -244,4 +273,69 @@ class Config(Section):
                 "ppo.rewards: stage ppo needs a reward: a function or "
                 "{name: reward_model, args: {path: <stage rm final/>}}"
             )
+        if "packing" in self.data.model_fields_set and self.data.packing and not self.packs:
+            raise ValueError(
+                f"data.packing: stage {self.stage} scores whole sequences or pairs one per row, "
+                "so it does not pack; remove data.packing or set it to false"
+            )
+        check_method_fits(self)
+        if self.train.optimizer != "adamw" and self.train.distributed == "fsdp2":
+            raise ValueError(
+                f"train.optimizer: {self.train.optimizer} (bitsandbytes) cannot update "
+                "FSDP2-sharded parameters; use train.optimizer: adamw or train.distributed: ddp"
+            )
         return self
+
+    @property
+    def packs(self) -> bool:
+        """Rows are packed: data.packing, for the stages whose rows are token streams."""
+        return self.data.packing and self.stage in PACKING_STAGES
+
+    @property
+    def stage_section(self) -> Section | None:
+        """The section of this config's stage (cfg.dpo for stage dpo), None for pt/sft."""
+        return getattr(self, self.stage, None) if self.stage in STAGE_SECTIONS else None
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """data.share_prefix resolved: true, or auto where the run allows it."""
+        setting = self.data.share_prefix
+        return setting is True or (setting == "auto" and share_prefix_obstacle(self) is None)
+
+
+def share_prefix_obstacle(cfg: Config) -> str | None:
+    """Why documents of this run cannot share prefixes, or None."""
+    if cfg.stage not in PACKING_STAGES:
+        return f"stage {cfg.stage} scores whole sequences; only stages pt and sft share prefixes"
+    if cfg.model.attn != "sdpa":
+        return "it needs strop's per-document attention: set model.attn: sdpa"
+    if cfg.method.uses_virtual_tokens:
+        return f"method {cfg.method.name} gives every document its own virtual tokens"
+    return None
+
+
+def check_method_fits(cfg: Config) -> None:
+    """Refuse, before any training, a method combined with settings it cannot honour."""
+    m = cfg.method
+    if cfg.train.save_merged and m.not_mergeable:
+        raise ValueError(
+            f"train.save_merged: method {m.name} cannot be merged into the base weights "
+            f"({m.not_mergeable}); set train.save_merged: false"
+        )
+    if cfg.stage in m.refused_stages:
+        raise ValueError(f"stage: method {m.name} cannot train stage {cfg.stage} ({m.refused_why})")
+    if m.uses_virtual_tokens and cfg.packs and cfg.model.attn != "sdpa":
+        raise ValueError(
+            f"data.packing: method {m.name} gives every packed document its own virtual "
+            "tokens through strop's per-document attention, which needs model.attn: sdpa; "
+            "set model.attn: sdpa or data.packing: false"
+        )
+    if m.kv_prefix and cfg.train.gradient_checkpointing:
+        raise ValueError(
+            f"train.gradient_checkpointing: method {m.name} puts its prefix in the "
+            "key/value cache, which transformers drops inside checkpointed layers; set "
+            "train.gradient_checkpointing: false"
+        )
+    why = share_prefix_obstacle(cfg)
+    if cfg.data.share_prefix is True and why:
+        raise ValueError(f"data.share_prefix: {why}; or set data.share_prefix: false")

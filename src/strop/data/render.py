@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2.exceptions import TemplateError
+
 from strop.data.records import Record
 from strop.errors import StropError
-
-IGNORE = -100
+from strop.models.logps import IGNORE  # noqa: F401  (the label of a position without loss)
 
 # Used only for tokenizers that ship no chat template: ChatML-style turns closed by EOS.
 FALLBACK_TEMPLATE = (
@@ -40,8 +41,33 @@ def ensure_chat_template(tokenizer) -> None:
         tokenizer.chat_template = FALLBACK_TEMPLATE
 
 
-def _render(tokenizer, messages: list[dict], gen_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen_prompt)
+class TemplateProblem(StropError):
+    """The chat template cannot render one record. strop.data.dataset turns it into a bad row
+    (quarantined and counted like any other); elsewhere it is one sentence naming the record."""
+
+    def __init__(self, origin: str, problem: str):
+        super().__init__(f"{origin}: {problem}")
+        self.origin, self.problem = origin, problem
+
+
+# What apply_chat_template raises for a conversation it cannot render: the template's own
+# raise_exception (TemplateError), an empty conversation (ValueError), a field it indexes
+# that is not there (UndefinedError is a TemplateError; KeyError, TypeError, IndexError).
+RENDER_ERRORS = (TemplateError, ValueError, TypeError, KeyError, IndexError)
+
+
+def _render(tokenizer, messages: list[dict], gen_prompt: bool, origin: str = "<record>") -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=gen_prompt
+        )
+    except RENDER_ERRORS as e:
+        roles = ", ".join(m["role"] for m in messages) or "none"
+        raise TemplateProblem(
+            origin,
+            f"the model's chat template cannot render this conversation (roles: {roles}): "
+            f"{str(e).strip() or type(e).__name__}",
+        ) from None
 
 
 def target_spans(
@@ -52,15 +78,21 @@ def target_spans(
     Only assistant turns from message index ``first_turn`` on can carry loss (a preference
     pair's responses follow a prompt that may itself hold earlier assistant turns)."""
     messages = [{"role": m.role, "content": m.content} for m in record.messages]
-    full = _render(tokenizer, messages, gen_prompt=False)
+    full = _render(tokenizer, messages, gen_prompt=False, origin=record.origin)
     if mask == "all":
         return full, [(0, len(full))]
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or i < first_turn:
             continue
-        before = _render(tokenizer, messages[:i], gen_prompt=True)
-        through = _render(tokenizer, messages[: i + 1], gen_prompt=False)
+        if i == 0:  # validated data never gets here (strop.data.formats); records made in code may
+            raise TemplateProblem(
+                record.origin,
+                "messages[0]: the conversation opens with an assistant turn, so there is no "
+                "prompt to render before it; the first turn must be the user's",
+            )
+        before = _render(tokenizer, messages[:i], gen_prompt=True, origin=record.origin)
+        through = _render(tokenizer, messages[: i + 1], gen_prompt=False, origin=record.origin)
         if not (full.startswith(before) and full.startswith(through)):
             raise StropError(
                 f"{record.origin}: the chat template renders earlier turns differently once later "

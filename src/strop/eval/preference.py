@@ -1,7 +1,7 @@
 """The ``preference`` eval task: how strongly a model prefers the chosen answer of held-out
 pairs. Per pair: margin = log p(chosen | prompt) - log p(rejected | prompt) (summed over
 response tokens, the quantity DPO moves), the same per response token, and whether the margin
-is positive. Scored in the training code's own packed forward (strop.train.objectives.sequence),
+is positive. Scored by the training objectives' own log-prob path (strop.models.logps),
 one model call per batch of pairs.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from strop.data.batching import collate
+from strop.data.pairs import preference_rows
 from strop.errors import StropError
+from strop.models.logps import per_document, row_token_counts, target_documents, target_logps
 
 
 def run_preference(model, tokenizer, task, examples: list, seed: int):
-    from strop.data.batching import collate
-    from strop.data.pairs import preference_rows
     from strop.eval.tasks import MetricScores, TaskOutput
-    from strop.train.objectives.sequence import per_document, row_token_counts, target_logps
 
     rows, stats = preference_rows(tokenizer, examples, task.max_length)
     if not rows:
@@ -31,8 +31,8 @@ def run_preference(model, tokenizer, task, examples: list, seed: int):
                 part = rows[s : s + task.batch_size]
                 batch = collate(part, tokenizer.pad_token_id, with_docs=True)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                lp, docs = target_logps(model, batch, 1024)
-                pair = per_document(lp.double(), docs, len(part))
+                lp, _ = target_logps(model, batch, 1024)
+                pair = per_document(lp.double(), target_documents(batch), len(part))
                 counts = row_token_counts(batch).to(pair.device)
                 margins += (pair[:, 0] - pair[:, 1]).tolist()
                 avg = pair / counts

@@ -201,14 +201,13 @@ def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Record], see
     target text (special tokens such as <|im_end|> add loss but no bytes)."""
     from strop.data.batching import collate, unpacked
     from strop.data.render import IGNORE, tokenize_records
-    from strop.train.objectives.causal_lm import CausalLMObjective
+    from strop.models.logps import target_nll_sum
 
     samples, _, _ = tokenize_records(
         tokenizer, examples, mask=task.mask, max_length=task.max_length, truncation="right"
     )
     if not samples:
         raise StropError(f"task {task.name!r}: no example has a target token to score")
-    objective = CausalLMObjective(model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     loss, tokens, nbytes = [], [], []
@@ -219,11 +218,11 @@ def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Record], see
             for row in unpacked(samples):  # one example per forward: per-example sums
                 batch = collate([row], pad)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                out = objective(**batch)
-                n = int(out["n_targets"])
+                loss_sum, n_targets = target_nll_sum(model, batch, 1024)
+                n = int(n_targets)
                 target = [y for y in row.labels[1:] if y != IGNORE]
                 text = tokenizer.decode(target, skip_special_tokens=True)
-                loss.append(float(out["loss_sum"]) / n)
+                loss.append(float(loss_sum) / n)
                 tokens.append(float(n))
                 nbytes.append(float(len(text.encode("utf-8"))))
     finally:

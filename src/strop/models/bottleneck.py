@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from strop.errors import StropError
+from strop.models.logps import causal_lm_of
 
 FORMAT, VERSION = "strop.bottleneck_adapter", 1
 CONFIG_FILE, WEIGHTS_FILE = "strop_adapter.json", "strop_adapter.safetensors"
@@ -57,7 +58,6 @@ def _hook(adapter: Bottleneck):
 
 
 def decoder_layers(model) -> nn.ModuleList:
-    from strop.train.objectives.causal_lm import causal_lm_of
 
     layers = getattr(causal_lm_of(model).get_decoder(), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not all(

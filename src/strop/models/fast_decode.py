@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from strop.models.logps import causal_lm_of, has_logit_transform
+from strop.models.prompt_learning import active_config
+
 FAMILIES = {"llama", "qwen2", "mistral"}
 
 
@@ -231,8 +234,6 @@ class DecodePlan:
 def decode_plan(model: nn.Module, cache, dtype: torch.dtype) -> DecodePlan | None:
     """A DecodePlan for ``model`` computing in ``dtype`` (the autocast dtype, or the model's),
     or None when the model is anything the lean step does not reproduce exactly."""
-    from strop.models.prompt_learning import active_config
-    from strop.train.objectives.causal_lm import _has_logit_transform, causal_lm_of
 
     if active_config(model) is not None:  # virtual tokens: peft's own forward
         return None
@@ -242,7 +243,7 @@ def decode_plan(model: nn.Module, cache, dtype: torch.dtype) -> DecodePlan | Non
         cfg.model_type not in FAMILIES
         or not getattr(cache, "reserved", False)  # sliding windows etc. kept the plain cache
         or getattr(cfg, "pretraining_tp", 1) != 1
-        or _has_logit_transform(lm)
+        or has_logit_transform(lm)
         or type(lm.model.embed_tokens) is not nn.Embedding
         or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     ):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import torch
 
 from strop.errors import StropError
 from strop.hub import resolve_model
+from strop.models import bottleneck, prompt_learning
+from strop.models.attention import register
+from strop.quiet import quiet_transformers
 
 DTYPES = {
     "fp32": torch.float32,
@@ -21,19 +22,6 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-
-
-def quiet_transformers() -> None:
-    """transformers 5 prints a progress bar per load; strop shows its own progress instead."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    # bitsandbytes (imported by peft) warns on every CPU import that an optional hub kernel
-    # package is missing; strop never fetches kernels from a hub, so the warning is noise.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # peft still calls this deprecated transformers property; nothing for users to act on.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 
 @functools.cache
@@ -95,8 +83,6 @@ def load_model(
     quiet_transformers()
     model_dir = resolve_model(name_or_path)
     if attn == "sdpa":  # sdpa, plus one fused causal call per document for packed rows
-        from strop.models.attention import register
-
         attn = register()
     kwargs = {"dtype": resolve_dtype(dtype), "attn_implementation": attn}
     if head == "reward":
@@ -119,15 +105,12 @@ def load_model(
 def apply_adapter(model, adapter_dir: Path):
     from peft import PeftModel
 
-    from strop.models import bottleneck
-
     if bottleneck.is_adapter_dir(adapter_dir):  # strop's own format (no peft equivalent)
         return bottleneck.load(model, adapter_dir)
     cfg = adapter_dir / "adapter_config.json"
     if not cfg.exists():
         raise StropError(f"{adapter_dir}: not an adapter dir (no adapter_config.json)")
     config = json.loads(cfg.read_text())  # a malformed file fails here with a clear JSON error
-    from strop.models import prompt_learning
 
     if prompt_learning.is_prompt_learning_dir(config):  # logits / generation fixes, same files
         return prompt_learning.load(model, adapter_dir)

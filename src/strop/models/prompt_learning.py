@@ -92,34 +92,26 @@ def input_virtual_tokens(model) -> int:
     return 0 if cfg is None or cfg.peft_type in PREFIX_TYPES else cfg.num_virtual_tokens
 
 
-def decoder_hidden(
+def hidden_with_virtual_tokens(
     model,
+    decoder,
+    cfg,
     input_ids,
     attention_mask=None,
     position_ids=None,
     strop_doc_lens=None,
     strop_shared_prefix=None,
 ) -> torch.Tensor:
-    """Last hidden states [B, T, d] of the causal LM inside ``model`` at the given tokens,
-    with a prompt-learning adapter's virtual tokens / prefix applied per document.
-    ``strop_shared_prefix``: rows laid out with one shared prefix (strop.data.batching)."""
-    from strop.train.objectives.causal_lm import causal_lm_of
-
-    decoder = causal_lm_of(model).get_decoder()
-    cfg = active_config(model)
+    """Last hidden states [B, T, d] of ``decoder`` at the given tokens with the active
+    prompt-learning adapter's (``cfg``) virtual tokens / prefix applied per document; called
+    by strop.models.logps.decoder_hidden, the one entry for every stage."""
+    if strop_shared_prefix is not None:  # config validation refuses this first
+        raise StropError("data.share_prefix: prompt-learning methods cannot share prefixes")
     extra = {"strop_doc_lens": strop_doc_lens} if strop_doc_lens is not None else {}
-    if strop_shared_prefix is not None:
-        if cfg is not None:  # config validation refuses this first (data.share_prefix)
-            raise StropError("data.share_prefix: prompt-learning methods cannot share prefixes")
-        extra["strop_shared_prefix"] = strop_shared_prefix
-    if cfg is None:
-        return decoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra
-        ).last_hidden_state
     if attention_mask is not None and attention_mask.dim() == 4:
         raise StropError(
-            f"method {METHOD_NAMES.get(cfg.peft_type, cfg.peft_type)}: packed rows need model.attn: sdpa (per-document "
-            "virtual tokens); set model.attn: sdpa or data.packing: false"
+            f"method {METHOD_NAMES.get(cfg.peft_type, cfg.peft_type)}: packed rows need "
+            "model.attn: sdpa (per-document virtual tokens); set model.attn: sdpa or data.packing: false"
         )
     n, b, t = cfg.num_virtual_tokens, input_ids.shape[0], input_ids.shape[1]
     if position_ids is None:

@@ -19,18 +19,17 @@ from safetensors.torch import save_file
 
 from strop.config.load import dump_config
 from strop.config.schema import Config
-from strop.data.batching import Row, ShardedSampler, shared_tokens
-from strop.data.dataset import build_datasets
+from strop.data.batching import Row, shared_tokens
 from strop.data.render import IGNORE
-from strop.errors import StropError, StropRuntimeError
-from strop.models.load import frozen_linears_to, load_model, use_bf16_autocast
-from strop.models.transforms import count_trainable, parse_method
+from strop.errors import StropRuntimeError
+from strop.models.load import load_model
+from strop.models.transforms import TRANSFORMS
 from strop.train import artifacts, checkpoint, distributed
 from strop.train.logger import MetricsLogger
 from strop.train.loss_sums import LossSums
-from strop.train.objectives import OBJECTIVES
-from strop.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps
-from strop.train.task_eval import TaskEvaluator
+from strop.train.objectives import Objective
+from strop.train.optim import lr_factor, set_lr, warmup_steps
+from strop.train.setup import Run, autocast, setup_run
 
 FAULT_ENV = "STROP_FAULT_AFTER_STEP"  # fault injection for the exact-resume test
 
@@ -50,12 +49,6 @@ class RunResult:
     final_dir: Path | None
     history: list[dict] = field(default_factory=list)
     eval_loss: float | None = None
-
-
-def _autocast(precision: str, device: torch.device):
-    if use_bf16_autocast(precision, device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -88,12 +81,14 @@ class _Signals:
 
 
 @torch.no_grad()
-def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: int) -> dict:
+def evaluate(module, objective: Objective, rows, cfg: Config, d: distributed.Dist, pad_id: int):
     """Mean loss per unit (target token, pair, example) and the objective's metrics over the
-    eval rows, all ranks; perplexity for token-level objectives."""
-    if hasattr(objective, "evaluate_rows"):  # online RL: score greedy completions
-        with _autocast(cfg.train.precision, d.device):
-            return objective.evaluate_rows(rows)
+    eval rows, all ranks; perplexity for token-level objectives. An objective with its own
+    evaluation (online RL scores greedy completions) answers instead."""
+    with autocast(cfg.train.precision, d.device):
+        own = objective.evaluate_rows(rows)
+    if own is not None:
+        return own
     module.eval()
     sums = LossSums(d.device)
     mine, bs = rows[d.rank :: d.world], cfg.train.batch_size
@@ -104,30 +99,18 @@ def evaluate(module, objective, rows, cfg: Config, d: distributed.Dist, pad_id: 
     for i in range(math.ceil(math.ceil(len(rows) / d.world) / bs)):
         rows_i = mine[i * bs : (i + 1) * bs] or [blank]
         batch = _to(objective.collate(rows_i, pad_id, cfg.model.attn == "sdpa"), d.device)
-        with _autocast(cfg.train.precision, d.device):
+        with autocast(cfg.train.precision, d.device):
             out = module(**batch)
         sums.add(out)
     module.train()
     loss, metrics = sums.reduce(d)
     result = {"eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}}
-    if getattr(objective, "perplexity", False):
+    if objective.perplexity:
         result["eval_ppl"] = math.exp(min(loss, 50.0))
     return result
 
 
-def _total_steps(cfg: Config, sampler: ShardedSampler) -> int:
-    if sampler.steps_per_epoch == 0:
-        need = cfg.train.batch_size * cfg.train.grad_accum
-        raise StropError(
-            f"{cfg.data.train}: {sampler.n_rows} training rows cannot fill one optimizer step "
-            f"(train.batch_size x train.grad_accum x processes = {need * sampler.world})"
-        )
-    if cfg.train.max_steps:
-        return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.epochs * sampler.steps_per_epoch))
-
-
-def _step_batches(objective, rows, cfg: Config, pad_id: int, device) -> tuple[list, torch.Tensor]:
+def step_batches(objective, rows, cfg: Config, pad_id: int, device) -> tuple[list, torch.Tensor]:
     """This rank's ``grad_accum`` micro-batches of one optimizer step's rows and their counts
     [loss units, target tokens]. Rows number batch_size x grad_accum, unless an objective's
     rollout made them (e.g. group_size completions per prompt)."""
@@ -153,48 +136,6 @@ def _shared_fraction(batches: list[dict], d: distributed.Dist) -> float:
     return saved / max(computed + saved, 1.0)
 
 
-def _prepare(cfg: Config, d: distributed.Dist, run_dir: Path, log=print):
-    transform, params = parse_method(cfg.method)
-    torch.manual_seed(cfg.train.seed)  # same init on every rank
-    head = getattr(OBJECTIVES.get(cfg.stage), "model_head", "causal_lm")  # rm: a value head
-    model, tokenizer, model_dir = load_model(
-        cfg.model.name, cfg.model.dtype, attn=cfg.model.attn, head=head
-    )
-    model = transform.apply(model, params)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(d.device)
-    if transform.is_adapter and use_bf16_autocast(cfg.train.precision, d.device):
-        frozen_linears_to(model, torch.bfloat16)
-    data = build_datasets(
-        cfg.data, cfg.stage, tokenizer, cfg.train.seed, run_dir if d.is_main else None
-    )
-    for s in data.summaries:
-        log(s)
-    trainable, total = count_trainable(model)
-    log(
-        f"method {cfg.method['name']}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.3f}%)"
-    )
-    log(f"train: {data.train.stats.describe()}; {len(data.train.rows)} rows")
-    if data.eval:
-        log(f"eval:  {data.eval.stats.describe()}; {len(data.eval.rows)} rows")
-    lr_mult = transform.lr_multipliers(model, params) if transform.lr_multipliers else {}
-    return transform, model, tokenizer, model_dir, data, lr_mult
-
-
-def _resume(cfg: Config, ckpt_root: Path, module, optimizer, sampler, d, log) -> dict:
-    """The trainer state: restored from the checkpoint train.resume names, or a fresh one."""
-    resume_from = checkpoint.find_resume(ckpt_root, cfg.train.resume)
-    if resume_from is None:
-        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank, reproducibly
-        return {"step": 0, "tokens": 0, "nan_skips": 0}
-    state = checkpoint.load_checkpoint(resume_from, module, optimizer)
-    sampler.load_state_dict(state["sampler"])
-    log(f"resumed from {resume_from} at step {state['step']}")
-    return state
-
-
 def train(cfg: Config) -> RunResult:
     d = distributed.setup(cfg.train.distributed)
     run_dir = Path(cfg.train.output_dir)
@@ -203,157 +144,122 @@ def train(cfg: Config) -> RunResult:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     log = print if d.is_main else (lambda *a, **k: None)
     try:
-        return _run(cfg, d, run_dir, log)
+        run = setup_run(cfg, d, run_dir, log)
+        _train_steps(run)
+        final_dir = _finish(run)
+        eval_loss = run.last_eval and run.last_eval.get("eval_loss")
+        return RunResult(run_dir, run.state["step"], final_dir, run.history, eval_loss)
     finally:
         distributed.teardown()
 
 
-def _run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> RunResult:
-    transform, model, tokenizer, model_dir, data, lr_mult = _prepare(cfg, d, run_dir, log)
-    objective = OBJECTIVES[cfg.stage](model, cfg)
-    _prepare_reference(objective, cfg, data, tokenizer.pad_token_id, d, log)
-    module = distributed.wrap(objective, d)
-    optimizer = build_optimizer(objective, cfg.train, lr_mult)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    rows = data.train.rows
-    sampler = ShardedSampler(
-        len(rows), cfg.train.batch_size * cfg.train.grad_accum, cfg.train.seed, d.rank, d.world
+def _run_eval(run: Run) -> dict:
+    data = run.data
+    result = (
+        evaluate(run.module, run.objective, data.eval.rows, run.cfg, run.d, run.pad_id)
+        if data.eval
+        else {}
     )
-    total_steps = _total_steps(cfg, sampler)
-    warmup = warmup_steps(cfg.train, total_steps)
-    ckpt_root = run_dir / "checkpoints"
-    state = _resume(cfg, ckpt_root, module, optimizer, sampler, d, log)
-    if "rollout" in state:
-        objective.load_rollout_state(state["rollout"])
-    pad_id = tokenizer.pad_token_id
+    return {**result, **(run.task_eval(run.model, run.tokenizer) if run.task_eval else {})}
+
+
+def _save(run: Run, step: int) -> None:
+    run.state["sampler"] = run.sampler.state_dict()
+    rollout = run.objective.rollout_state()  # rollouts an unfinished update cycle reuses
+    if rollout is not None:
+        run.state["rollout"] = rollout
+    checkpoint.save_checkpoint(
+        run.run_dir / "checkpoints", step, run.module, run.optimizer, run.state,
+        run.cfg.train.keep_last,
+    )  # fmt: skip
+
+
+def _train_steps(run: Run) -> None:
+    cfg, d, state = run.cfg, run.d, run.state
     logger = MetricsLogger(
-        run_dir,
-        total_steps,
-        state["step"],
-        state["tokens"],
-        d.is_main,
-        cfg.train.progress,
-        cfg.train.tensorboard,
-    )
-    history: list[dict] = []
-    last_eval, eval_step = None, -1
-    task_eval = TaskEvaluator(cfg.train.eval_tasks, "config", cfg.train.seed)
-
-    def run_eval() -> dict:
-        result = evaluate(module, objective, data.eval.rows, cfg, d, pad_id) if data.eval else {}
-        return {**result, **(task_eval(model, tokenizer) if task_eval else {})}
-
-    def save(step: int) -> None:
-        state["sampler"] = sampler.state_dict()
-        if hasattr(objective, "rollout_state"):  # rollouts an unfinished update cycle reuses
-            state["rollout"] = objective.rollout_state()
-        checkpoint.save_checkpoint(ckpt_root, step, module, optimizer, state, cfg.train.keep_last)
-
-    module.train()
+        run.run_dir, run.total_steps, state["step"], state["tokens"], d.is_main,
+        cfg.train.progress, cfg.train.tensorboard,
+    )  # fmt: skip
+    evaluating = bool(run.data.eval or run.task_eval)
+    run.module.train()
     with _Signals() as signals:
-        while state["step"] < total_steps:
+        while state["step"] < run.total_steps:
             # Every rank must agree to stop at the same step, or their collectives mismatch.
             flag = torch.tensor(float(signals.signum > 0), device=d.device)
             if d.all_sum(flag).item() > 0:
-                save(state["step"])
+                _save(run, state["step"])
                 logger.close()
                 raise Interrupted(state["step"], signals.signum or signal.SIGTERM)
             step = state["step"]
-            take = lambda: [rows[j] for j in sampler.next_step()]  # noqa: E731
-            # Online RL objectives sample completions for the step's rows here, in the training
-            # precision (bf16 frozen weights need autocast; sampled log-probs match training's).
-            with _autocast(cfg.train.precision, d.device):
-                step_rows = (
-                    objective.rollout(take, step) if hasattr(objective, "rollout") else take()
-                )
-            batches, n_local = _step_batches(objective, step_rows, cfg, pad_id, d.device)
-            n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
-            loss, metrics = _forward_backward(module, batches, n_global, cfg, d)
-            if getattr(objective, "share_prefix", False):
-                metrics["shared_frac"] = _shared_fraction(batches, d)
-            max_norm = cfg.train.max_grad_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            factor = lr_factor(
-                step, total_steps, warmup, cfg.train.schedule, cfg.train.min_lr_ratio
-            )
-            lr = set_lr(optimizer, cfg.train.lr, factor)
-            if math.isfinite(loss) and math.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                _handle_nonfinite(cfg, state, step, loss, grad_norm, log)
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] = step + 1
-            state["tokens"] += int(tokens.item())
-            record = {
-                "step": step + 1,
-                "epoch": round(sampler.epoch + sampler.step_in_epoch / sampler.steps_per_epoch, 4),
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": state["tokens"],
-                "nan_skips": state["nan_skips"],
-                **metrics,
-                **getattr(objective, "step_metrics", {}),
-            }
-            history.append(record)
-            logger.step(record, cfg.train.log_every, last=step + 1 == total_steps)
-            if (
-                (data.eval or task_eval)
-                and cfg.train.eval_every
-                and ((step + 1) % cfg.train.eval_every == 0)
-            ):
-                last_eval = run_eval()
-                eval_step = step + 1
-                logger.log({"step": step + 1, **last_eval})
+            record = _one_step(run, step)
+            run.history.append(record)
+            logger.step(record, cfg.train.log_every, last=step + 1 == run.total_steps)
+            if evaluating and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
+                run.last_eval, run.eval_step = _run_eval(run), step + 1
+                logger.log({"step": step + 1, **run.last_eval})
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-                save(step + 1)
+                _save(run, step + 1)
             if os.environ.get(FAULT_ENV) == str(step + 1):  # tests: a real SIGTERM mid-run
                 os.kill(os.getpid(), signal.SIGTERM)
-    if (data.eval or task_eval) and eval_step != state["step"]:  # always eval the final weights
-        last_eval = run_eval()
-        logger.log({"step": state["step"], **last_eval})
+    if evaluating and run.eval_step != state["step"]:  # always eval the final weights
+        run.last_eval = _run_eval(run)
+        logger.log({"step": state["step"], **run.last_eval})
     logger.close()
-    final_dir = _finish(
-        cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval
-    )
-    return RunResult(
-        run_dir, state["step"], final_dir, history, last_eval and last_eval.get("eval_loss")
-    )
 
 
-def _forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> tuple:
+def _one_step(run: Run, step: int) -> dict:
+    """One optimizer step: rows (sampled by online objectives), forward/backward over the
+    micro-batches, clip, schedule, update. Returns the step's log record."""
+    cfg, d, state, objective, sampler = run.cfg, run.d, run.state, run.objective, run.sampler
+    rows = run.data.train.rows
+    take = lambda: [rows[j] for j in sampler.next_step()]  # noqa: E731
+    # Online RL objectives sample completions for the step's rows here, in the training
+    # precision (bf16 frozen weights need autocast; sampled log-probs match training's).
+    with run.autocast():
+        step_rows = objective.rollout(take, step)
+    batches, n_local = step_batches(objective, step_rows, cfg, run.pad_id, d.device)
+    n_global, tokens = d.all_sum(n_local.clone()).clamp(min=1).unbind()
+    loss, metrics = forward_backward(run.module, batches, n_global, cfg, d)
+    if objective.share_prefix:
+        metrics["shared_frac"] = _shared_fraction(batches, d)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm or math.inf))
+    warmup = warmup_steps(cfg.train, run.total_steps)
+    factor = lr_factor(step, run.total_steps, warmup, cfg.train.schedule, cfg.train.min_lr_ratio)
+    lr = set_lr(run.optimizer, cfg.train.lr, factor)
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        run.optimizer.step()
+    else:
+        _handle_nonfinite(cfg, state, step, loss, grad_norm, run.log)
+    run.optimizer.zero_grad(set_to_none=True)
+    state["step"] = step + 1
+    state["tokens"] += int(tokens.item())
+    return {
+        "step": step + 1,
+        "epoch": round(sampler.epoch + sampler.step_in_epoch / sampler.steps_per_epoch, 4),
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": state["tokens"],
+        "nan_skips": state["nan_skips"],
+        **metrics,
+        **objective.step_metrics,
+    }
+
+
+def forward_backward(module, batches: list[dict], n_global, cfg: Config, d) -> tuple:
     """Accumulate gradients of one optimizer step; returns its loss per unit (target token,
     pair or example) and the objective's metrics averaged the same way."""
     sums = LossSums(d.device)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         sync = module.no_sync() if (d.mode == "ddp" and not last) else contextlib.nullcontext()
-        with sync, _autocast(cfg.train.precision, d.device):
+        with sync, autocast(cfg.train.precision, d.device):
             out = module(**batch)
             # Gradients are averaged over ranks by DDP/FSDP, hence the x world.
             (out["loss_sum"] * (d.world / n_global)).backward()
         sums.add(out)
     return sums.reduce(d, n_global)
-
-
-def _prepare_reference(objective, cfg: Config, data, pad_id: int, d, log) -> None:
-    """Reference log-probs or model for objectives that need one (DPO family, KTO), before
-    any update: the initial policy scores the data (precompute), or a frozen copy loads."""
-    mode = getattr(objective, "mode", None)
-    if mode == "model":
-        objective.load_reference_model(cfg, d.device)
-        log(f"reference: {objective.section.reference_model or cfg.model.name}, frozen")
-    elif mode == "precompute":
-        doc_attn = cfg.model.attn == "sdpa"
-        for split in filter(None, (data.train, data.eval)):
-            objective.precompute_reference(
-                split.rows,
-                pad_id,
-                doc_attn,
-                d.device,
-                lambda: _autocast(cfg.train.precision, d.device),
-            )
-        log("reference: log-probs precomputed with the initial policy (no reference model kept)")
 
 
 def _handle_nonfinite(
@@ -371,41 +277,55 @@ def _handle_nonfinite(
         )
 
 
-def _finish(cfg, d, run_dir, objective, model, tokenizer, model_dir, transform, state, last_eval):
+def _finish(run: Run) -> Path:
+    """final/ (and final-merged/ when asked), the loss plot and report.md."""
+    cfg, objective, method = run.cfg, run.objective, run.cfg.method
     full = artifacts.full_state_dict(objective)  # a collective: every rank takes part
-    critic = artifacts.full_state_dict(objective, "value_head.") if cfg.stage == "ppo" else {}
-    final_dir = run_dir / "final"
+    extra = {name: artifacts.full_state_dict(objective, prefix)
+             for name, prefix in objective.extra_artifacts().items()}  # fmt: skip
+    final_dir = run.run_dir / "final"
+    if not run.d.is_main:
+        return final_dir
+    artifacts.save_final(
+        run.model, full, run.tokenizer, final_dir, method.is_adapter, run.model_dir
+    )
+    for name, tensors in extra.items():
+        save_file(tensors, final_dir / name)
     merge_err = None
-    if d.is_main:
-        artifacts.save_final(model, full, tokenizer, final_dir, transform.is_adapter, model_dir)
-        if critic:  # PPO's value head, beside the policy (for inspection or warm starts)
-            save_file(critic, final_dir / "value_head.safetensors")
-        if cfg.train.save_merged and transform.is_adapter:
-            if transform.merge is not None:  # e.g. QLoRA: into the dequantised base
-                params = parse_method(cfg.method)[1]
-                merged_src, merge_err = transform.merge(
-                    model_dir, cfg.model.dtype, final_dir, params, cfg.model.attn
-                )
-                print(f"merged: max |logit diff| to the trained model {merge_err:.2e}")
-            else:
-                head = getattr(objective, "model_head", "causal_lm")
-                merged_src, _, _ = load_model(
-                    str(model_dir), cfg.model.dtype, adapter=str(final_dir), head=head
-                )
-            artifacts.save_merged(merged_src, tokenizer, run_dir / "final-merged")
-        artifacts.plot_losses(run_dir)
-        summary = {
-            "stage": cfg.stage,
-            "method": cfg.method["name"],
-            "model": cfg.model.name,
-            "steps": state["step"],
-            "target tokens trained": state["tokens"],
-            "non-finite steps skipped": state["nan_skips"],
-            "final": str(final_dir),
-        }
-        if merge_err is not None:
-            summary["merge: max |logit diff| to the trained model"] = f"{merge_err:.2e}"
-        if last_eval:
-            summary.update({k: round(v, 4) for k, v in last_eval.items()})
-        artifacts.write_report(run_dir, summary)
+    if cfg.train.save_merged and method.is_adapter:
+        merge_err = _save_merged(run, final_dir)
+    artifacts.plot_losses(run.run_dir)
+    summary = {
+        "stage": cfg.stage,
+        "method": method.name,
+        "model": cfg.model.name,
+        "steps": run.state["step"],
+        "target tokens trained": run.state["tokens"],
+        "non-finite steps skipped": run.state["nan_skips"],
+        "final": str(final_dir),
+    }
+    if merge_err is not None:
+        summary["merge: max |logit diff| to the trained model"] = f"{merge_err:.2e}"
+    if run.last_eval:
+        summary.update({k: round(v, 4) for k, v in run.last_eval.items()})
+    artifacts.write_report(run.run_dir, summary)
     return final_dir
+
+
+def _save_merged(run: Run, final_dir: Path) -> float | None:
+    """final-merged/: the adapter folded into the base; the max |logit diff| to the trained
+    model where the merge is not exact by construction (QLoRA's dequantised base)."""
+    cfg, merge_err = run.cfg, None
+    transform = TRANSFORMS[cfg.method.name]
+    if transform.merge is not None:  # e.g. QLoRA: into the dequantised base
+        merged_src, merge_err = transform.merge(
+            run.model_dir, cfg.model.dtype, final_dir, cfg.method, cfg.model.attn
+        )
+        print(f"merged: max |logit diff| to the trained model {merge_err:.2e}")
+    else:
+        merged_src, _, _ = load_model(
+            str(run.model_dir), cfg.model.dtype, adapter=str(final_dir),
+            head=run.objective.model_head,
+        )  # fmt: skip
+    artifacts.save_merged(merged_src, run.tokenizer, run.run_dir / "final-merged")
+    return merge_err

@@ -49,18 +49,6 @@ BNB_OPTIMIZERS = {
 }
 
 
-def check_optimizer(cfg, source: str = "config") -> None:
-    """Refuse at config load what bitsandbytes cannot do: its update kernels have no DTensor
-    (FSDP2) support (tested: 'got mixed torch.Tensor and DTensor' / no sharding strategy)."""
-    from strop.errors import StropError
-
-    if cfg.train.optimizer != "adamw" and cfg.train.distributed == "fsdp2":
-        raise StropError(
-            f"{source}: train.optimizer: {cfg.train.optimizer} (bitsandbytes) cannot update "
-            "FSDP2-sharded parameters; use train.optimizer: adamw or train.distributed: ddp"
-        )
-
-
 def _bitsandbytes(param_groups: list[dict], cfg: TrainSection) -> torch.optim.Optimizer:
     """bitsandbytes 0.50.2 runs all three on CPU too (tested): 8-bit moments work, and the
     paged ones fall back to ordinary (unpaged) memory, warning at their first step; strop says

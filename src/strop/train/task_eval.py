@@ -13,19 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
+from strop.config.load import format_validation_error
 from strop.errors import StropError
+from strop.eval.config import TaskSpec
+from strop.eval.tasks import TASKS, load_examples
 
 IN_TRAINING_TYPES = ("generation", "perplexity", "multiple_choice", "classification", "retrieval")
 
 
 def parse_eval_tasks(raw: list[dict[str, Any]], source: str) -> list:
     """Validate ``train.eval_tasks`` entries as `strop eval` task specs; errors name the entry."""
-    from pydantic import ValidationError
-
-    from strop.config.load import format_validation_error
-    from strop.eval.config import TaskSpec
-
     specs, names = [], set()
     for i, item in enumerate(raw):
         where = f"{source}: train.eval_tasks.{i}"
@@ -54,8 +53,6 @@ class TaskEvaluator:
     """Holds the parsed tasks and their examples; call it with the model being trained."""
 
     def __init__(self, raw: list[dict[str, Any]], source: str, seed: int):
-        from strop.eval.tasks import load_examples
-
         self.seed = seed
         self.tasks = [(spec, load_examples(spec)) for spec in parse_eval_tasks(raw, source)]
 
@@ -63,8 +60,6 @@ class TaskEvaluator:
         return bool(self.tasks)
 
     def __call__(self, model, tokenizer) -> dict[str, float]:
-        from strop.eval.tasks import TASKS
-
         was_training = model.training
         model.eval()
         out: dict[str, float] = {}

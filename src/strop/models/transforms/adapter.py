@@ -8,28 +8,12 @@ Not mergeable: the adapter is nonlinear, so no weight update reproduces it.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class AdapterParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    size: int = Field(64, ge=1)
-    """Bottleneck width: hidden -> size -> hidden."""
-    positions: list[Literal["attn", "mlp"]] = Field(
-        default_factory=lambda: ["attn", "mlp"], min_length=1
-    )
-    """Where adapters go: after the attention block (attn), the feed-forward block (mlp), or both."""
-    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
-    """Nonlinearity between the down and up projections."""
-    train_norms: bool = False
-    """Also train the decoder's layer norms (as Houlsby et al. did); saved with the adapter."""
+from strop.config.methods import AdapterMethod
+from strop.errors import StropError
+from strop.models.bottleneck import attach
 
 
-def apply(model, params: AdapterParams):
-    from strop.errors import StropError
-    from strop.models.bottleneck import attach
+def apply(model, params: AdapterMethod):
 
     if type(model).__name__.endswith("ForSequenceClassification"):
         raise StropError(

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from strop.config.methods import BitFitMethod
 from strop.errors import StropError
 
 
-class BitFitParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    also_train: list[str] = Field(default_factory=list)
-    """Regexes on parameter names that train besides biases (e.g. 'norm')."""
-
-
-def apply(model, params: BitFitParams):
+def apply(model, params: BitFitMethod):
     patterns = [re.compile(p) for p in params.also_train]
     n_bias = 0
     for name, p in model.named_parameters():

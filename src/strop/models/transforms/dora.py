@@ -7,20 +7,7 @@ with ``use_dora: true``. Runs peft's own forward (strop's fused LoRA path does n
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, create_model
-
-from strop.models.transforms.lora import LoraParams, lora_config, peft_task_type
-
-# LoRA's options that mean the same for DoRA (LoRA+ and the fused forward are LoRA-only).
-_SHARED = ("r", "alpha", "dropout", "targets", "rslora", "init", "modules_to_save")
-
-DoraParams = create_model(
-    "DoraParams",
-    __config__=ConfigDict(extra="forbid"),
-    __doc__="DoRA params: LoRA's r, alpha, dropout, targets, rslora, init, modules_to_save.",
-    __module__=__name__,
-    **{k: (f.annotation, f) for k, f in LoraParams.model_fields.items() if k in _SHARED},
-)
+from strop.models.transforms.lora import lora_config, peft_task_type
 
 
 def apply(model, params):

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from strop.config.methods import FreezeMethod
 from strop.errors import StropError
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
-class FreezeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    trainable_layers: int | list[int] = 2
-    """An int N trains the last N decoder layers; a list trains those layer indices."""
-    trainable_patterns: list[str] = Field(default_factory=list)
-    """Regexes on parameter names that also train (e.g. 'norm', 'lm_head')."""
-    train_embeddings: bool = False
-
-
-def apply(model, params: FreezeParams):
+def apply(model, params: FreezeMethod):
     names = [n for n, _ in model.named_parameters()]
     layer_ids = sorted({int(m.group(1)) for n in names if (m := _LAYER_RE.search(n))})
     if isinstance(params.trainable_layers, int):

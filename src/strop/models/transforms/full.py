@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from strop.config.methods import FullMethod
 
 
-class FullParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def apply(model, params: FullParams):
+def apply(model, params: FullMethod):
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -6,25 +6,8 @@ Options: rsLoRA (Kalajdzievski, 2023: scale alpha/sqrt(r) instead of alpha/r) an
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class LoraParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    r: int = Field(16, ge=1)
-    alpha: float = 32
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: str | list[str] = "all-linear"
-    """'all-linear' (every linear layer but the LM head) or a list of module names."""
-    rslora: bool = False
-    loraplus_lr_ratio: float | None = Field(None, gt=0)
-    """LoRA+: learning rate of B = lr * ratio (the paper suggests ~16)."""
-    init: str | bool = True
-    """peft's init_lora_weights: True (B=0, so training starts at the base model), 'gaussian',
-    'pissa', ... ; False gives random B (tests only)."""
-    modules_to_save: list[str] = Field(default_factory=list)
-    fused: bool = True
-    """Use strop's fused LoRA linear forward/backward (same peft modules and file format)."""
+from strop.config.methods import LoraMethod
+from strop.models.fused_lora import fuse_lora_layers
 
 
 def peft_task_type(model) -> str:
@@ -50,18 +33,16 @@ def lora_config(params, use_dora: bool = False, task_type: str = "CAUSAL_LM"):
     )
 
 
-def apply(model, params: LoraParams):
+def apply(model, params: LoraMethod):
     from peft import get_peft_model
 
     model = get_peft_model(model, lora_config(params, task_type=peft_task_type(model)))
     if params.fused:
-        from strop.models.fused_lora import fuse_lora_layers
-
         fuse_lora_layers(model)
     return model
 
 
-def lr_multipliers(model, params: LoraParams) -> dict[str, float]:
+def lr_multipliers(model, params: LoraMethod) -> dict[str, float]:
     """Per-parameter-name learning-rate multipliers (LoRA+ scales lora_B)."""
     if not params.loraplus_lr_ratio:
         return {}

@@ -9,23 +9,12 @@ MLP's output, so the saved adapter has the same shape either way.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from strop.config.methods import PrefixMethod
+from strop.models.prompt_learning import wrap
 
 
-class PrefixParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    virtual_tokens: int = Field(20, ge=1)
-    """Prefix length: key/value positions added in front of every layer's attention."""
-    projection: bool = False
-    """Reparametrise the prefix through an MLP while training (peft's prefix_projection)."""
-    projection_hidden: int = Field(512, ge=1)
-    """Hidden width of that MLP (used only with projection: true)."""
-
-
-def apply(model, params: PrefixParams):
+def apply(model, params: PrefixMethod):
     from peft import PrefixTuningConfig
-
-    from strop.models.prompt_learning import wrap
 
     cfg = PrefixTuningConfig(
         task_type="CAUSAL_LM",

@@ -8,21 +8,12 @@ to ``virtual_tokens``), which the paper found trains faster and more stably than
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from strop.config.methods import PromptMethod
+from strop.models.prompt_learning import wrap
 
 
-class PromptParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    virtual_tokens: int = Field(20, ge=1)
-    """Number of trainable virtual tokens prepended to every document."""
-    init_text: str | None = None
-    """Initialise the virtual tokens from this text's token embeddings (else random)."""
-
-
-def apply(model, params: PromptParams):
+def apply(model, params: PromptMethod):
     from peft import PromptTuningConfig
-
-    from strop.models.prompt_learning import wrap
 
     text = params.init_text is not None
     cfg = PromptTuningConfig(

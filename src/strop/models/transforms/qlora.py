@@ -15,38 +15,12 @@ the dequantised base, not the original W; the merged model then matches what was
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import ConfigDict, create_model
 from torch import nn
 
+from strop.models.load import apply_adapter, load_model
 from strop.models.transforms import lora
-from strop.models.transforms.lora import LoraParams, lora_config, peft_task_type
-
-# LoRA's options that mean the same here (fused LoRA is nn.Linear-only, so not offered).
-_SHARED = (
-    "r",
-    "alpha",
-    "dropout",
-    "targets",
-    "rslora",
-    "init",
-    "modules_to_save",
-    "loraplus_lr_ratio",
-)
-
-QloraParams = create_model(
-    "QloraParams",
-    __config__=ConfigDict(extra="forbid"),
-    __doc__="QLoRA params: LoRA's (but fused) plus the bitsandbytes quantisation of the base.",
-    __module__=__name__,
-    **{k: (f.annotation, f) for k, f in LoraParams.model_fields.items() if k in _SHARED},
-    bits=(Literal[4, 8], 4),
-    quant_type=(Literal["nf4", "fp4"], "nf4"),
-    double_quant=(bool, True),
-    compute_dtype=(Literal["auto", "bf16", "fp32"], "auto"),
-)
+from strop.models.transforms.lora import lora_config, peft_task_type
 
 _COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -159,7 +133,6 @@ def dequantize(model: nn.Module, dtype: torch.dtype) -> int:
 
 def load_quantized(model_dir, dtype: str, adapter_dir, params, attn: str = "sdpa"):
     """The trained model again: the base quantised exactly as in training, plus the adapter."""
-    from strop.models.load import apply_adapter, load_model
 
     base, _, _ = load_model(str(model_dir), dtype, attn=attn)
     quantize(base, params)
@@ -170,7 +143,6 @@ def merged_model(model_dir, dtype: str, adapter_dir, params, attn: str = "sdpa",
     """A plain HF model: the adapter folded into the dequantised base (quantising is
     deterministic, so that is the base it trained on). Also returns the max abs logit
     difference to the quantised base + adapter on ``probe`` token ids."""
-    from strop.models.load import apply_adapter, load_model
 
     trained = load_quantized(model_dir, dtype, adapter_dir, params, attn).eval()
     if probe is None:

@@ -34,9 +34,9 @@ import torch
 
 from strop.data.batching import collate
 from strop.data.render import IGNORE
+from strop.rollout import RolloutRow, completion_logps, concat_rollouts, padded
 from strop.train.objectives.online import OnlineRLObjective
-from strop.train.objectives.ppo import clipped_surrogate, kl_k3, masked_sum
-from strop.train.rollout import RolloutRow, completion_logps, concat_rollouts, padded
+from strop.train.objectives.policy_gradient import clipped_surrogate, kl_k3, masked_sum
 
 
 def group_advantages(

@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 from strop.data.batching import collate
-from strop.errors import StropError
 from strop.hub import resolve_model
 from strop.infer import stop_token_ids
-from strop.models.load import load_model, load_tokenizer
-from strop.train.objectives.sequence import _check_adapter_only
+from strop.models.load import load_tokenizer
+from strop.rollout import Rollout, RolloutRow, completion_logps, sample
+from strop.train.objectives.base import Objective, Setting
+from strop.train.objectives.reference import check_adapter_only, load_frozen_reference
 from strop.train.rewards import combine, resolve
-from strop.train.rollout import Rollout, RolloutRow, completion_logps, sample
 
 
-class OnlineRLObjective(nn.Module):
+class OnlineRLObjective(Objective):
     """``section`` is the stage's config section (cfg.grpo, cfg.ppo); it must have
     ``rewards``, ``max_new_tokens``, ``temperature``, ``reference`` and ``reference_model``.
     ``kl_weight`` > 0 means a reference policy is needed."""
@@ -33,9 +33,9 @@ class OnlineRLObjective(nn.Module):
     row_type: type[RolloutRow] = RolloutRow
 
     def __init__(self, model: nn.Module, cfg, section, kl_weight: float):
-        super().__init__()
+        super().__init__(model)
         self.section, self.stage = section, cfg.stage
-        self.model, self.loss_chunk, self.seed = model, cfg.train.loss_chunk, cfg.train.seed
+        self.loss_chunk, self.seed = cfg.train.loss_chunk, cfg.train.seed
         self.specs = section.reward_specs()
         for spec in self.specs:
             resolve(spec.name, f"{cfg.stage}.rewards")  # unknown rewards fail before model work
@@ -46,22 +46,18 @@ class OnlineRLObjective(nn.Module):
         ref = section.reference
         self.mode = (auto if ref == "auto" else ref) if kl_weight > 0 else None
         if self.mode == "adapter_off":
-            _check_adapter_only(model)
+            check_adapter_only(model)
         self._reference: list[nn.Module] = []  # a list: not a submodule, never trained/saved
         self._buffer: list[RolloutRow] = []
         self._iteration = 0
-        self.step_metrics: dict[str, float] = {}
 
     # -- the reference policy --------------------------------------------------------------
-    def load_reference_model(self, cfg, device) -> None:
-        """reference: model: ``reference_model`` (default the policy's base), frozen."""
-        name = self.section.reference_model or cfg.model.name
-        reference, ref_tok, _ = load_model(name, cfg.model.dtype, attn=cfg.model.attn)
-        if ref_tok.get_vocab() != self.tokenizer.get_vocab():
-            raise StropError(
-                f"{self.stage}.reference_model: {name} has another tokenizer than model.name"
-            )
-        self.set_reference_model(reference.to(device))
+    def prepare(self, setting: Setting) -> None:
+        """reference: model loads ``reference_model`` (default the policy's base), frozen."""
+        if self.mode == "model":
+            cfg = setting.cfg
+            self.set_reference_model(load_frozen_reference(self.section, cfg, setting.device))
+            setting.log(f"reference: {self.section.reference_model or cfg.model.name}, frozen")
 
     def set_reference_model(self, reference: nn.Module) -> None:
         self._reference = [reference.eval().requires_grad_(False)]

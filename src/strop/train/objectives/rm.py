@@ -16,29 +16,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from strop.train.objectives.causal_lm import causal_lm_of
-from strop.train.objectives.sequence import SequenceObjective, decoder_hidden, n_rows_of
+from strop.models.logps import causal_lm_of, last_token_rewards, n_rows_of
+from strop.train.objectives.sequence import SequenceObjective
 
 
 def bradley_terry_loss(
     r_w: torch.Tensor, r_l: torch.Tensor, margin: torch.Tensor | float = 0.0, center: float = 0.0
 ) -> torch.Tensor:
     return -F.logsigmoid(r_w - r_l - margin) + center * (r_w + r_l) ** 2
-
-
-def last_token_rewards(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The value head at each document's last token: [documents] (fp32)."""
-    hidden = decoder_hidden(model, batch)  # [B, T, d]
-    docs = batch["strop_doc_index"].reshape(-1)  # [B*T]
-    n_docs = int(docs.max()) + 1
-    positions = torch.arange(docs.numel(), device=docs.device)
-    real = docs >= 0
-    last = torch.full((n_docs,), -1, dtype=torch.long, device=docs.device)
-    last = last.scatter_reduce(0, docs[real], positions[real], reduce="amax")
-    h = hidden.reshape(-1, hidden.shape[-1])[last]  # [D, d]
-    return causal_lm_of(model).score(h).squeeze(-1).float()
 
 
 class RewardObjective(SequenceObjective):

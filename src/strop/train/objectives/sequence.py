@@ -2,7 +2,7 @@
 
 Their rows hold two documents (chosen + rejected, or example + mismatched example; see
 strop.data.pairs). One forward pass scores both with per-document attention; log-probs are
-computed at target positions only, chunked through the LM head (strop.train.lm_loss), then
+computed at target positions only, chunked through the LM head (strop.models.lm_loss), then
 summed per document. The loop normalises by *units*: rows whose two documents both still
 have targets (a pair, or a KTO example), so ``loss = sum over units / global unit count``.
 
@@ -21,64 +21,14 @@ import torch
 from torch import nn
 
 from strop.data.batching import collate
-from strop.data.render import IGNORE
-from strop.errors import StropError
-from strop.train.lm_loss import linear_token_logps
-from strop.train.objectives.causal_lm import _has_logit_transform, causal_lm_of
+from strop.models.logps import n_rows_of, pair_logps, row_token_counts
+from strop.train.objectives.base import Objective, Setting
+from strop.train.objectives.reference import check_adapter_only, load_frozen_reference
 
 REFERENCE_MODES = ("precompute", "model", "adapter_off")
 
 
-def decoder_hidden(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Last hidden states [B, T, d] of the causal LM inside ``model`` (PEFT-wrapped or not)."""
-    from strop.models.prompt_learning import decoder_hidden as hidden_of  # virtual tokens too
-
-    return hidden_of(
-        model,
-        batch["input_ids"],
-        batch.get("attention_mask"),
-        batch.get("position_ids"),
-        batch.get("strop_doc_lens") or None,
-    )
-
-
-def target_logps(model: nn.Module, batch: dict, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(token) at every target position [N] and each position's document number [N]."""
-    lm = causal_lm_of(model)
-    hidden = decoder_hidden(model, batch)
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    h, y = hidden[:, :-1][keep], targets[keep]  # [N, d], [N]
-    docs = batch["strop_doc_index"][:, 1:][keep]  # [N]
-    head = lm.get_output_embeddings()
-    if isinstance(head, nn.Linear) and head.bias is None and not _has_logit_transform(lm):
-        return linear_token_logps(h, head.weight, y, chunk), docs
-    parts = [  # a wrapped or soft-capped head: through the module, chunk by chunk
-        head(h[s : s + chunk]).float().log_softmax(-1).gather(1, y[s : s + chunk, None])[:, 0]
-        for s in range(0, len(y), chunk)
-    ]
-    return (torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)), docs
-
-
-def per_document(values: torch.Tensor, docs: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Sum ``values`` [N] by document into [n_rows, 2] (row r holds documents 2r and 2r+1)."""
-    out = values.new_zeros(2 * n_rows)
-    return out.index_add(0, docs, values).view(n_rows, 2)
-
-
-def n_rows_of(batch: dict) -> int:
-    return len(next(iter(batch["strop_values"].values())))
-
-
-def row_token_counts(batch: dict) -> torch.Tensor:
-    """Target tokens per document, [rows, 2]."""
-    targets = batch["labels"][:, 1:]
-    docs = batch["strop_doc_index"][:, 1:][targets != IGNORE]
-    ones = torch.ones_like(docs, dtype=torch.float64)
-    return per_document(ones, docs, n_rows_of(batch))
-
-
-class SequenceObjective(nn.Module):
+class SequenceObjective(Objective):
     """Base of the pairwise objectives: collation, units, policy/reference log-probs.
 
     Subclasses implement ``compute(logps, ref, counts, values) -> (losses [P], metrics)``
@@ -88,29 +38,29 @@ class SequenceObjective(nn.Module):
     needs_reference = False
 
     def __init__(self, model: nn.Module, cfg, section=None):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.loss_chunk = cfg.train.loss_chunk
         self.section = section
         self.mode = getattr(section, "reference", None) if self.needs_reference else None
         self._reference: list[nn.Module] = []  # a list: not a submodule, never trained/saved
         if self.mode == "adapter_off":
-            _check_adapter_only(model)
+            check_adapter_only(model)
 
-    def load_reference_model(self, cfg, device) -> None:
-        """reference: model: ``reference_model`` (default the policy's base), frozen."""
-        from strop.hub import resolve_model
-        from strop.models.load import load_model, load_tokenizer
-
-        name = self.section.reference_model or cfg.model.name
-        reference, ref_tok, _ = load_model(name, cfg.model.dtype, attn=cfg.model.attn)
-        if ref_tok.get_vocab() != load_tokenizer(resolve_model(cfg.model.name)).get_vocab():
-            # another vocabulary: its log-probs of the policy's token ids would mean nothing
-            raise StropError(
-                f"reference_model: {name} has another tokenizer than model.name "
-                f"{cfg.model.name}; the reference must share the policy's tokenizer"
+    def prepare(self, setting: Setting) -> None:
+        """The reference, before any update: a frozen model loads, or the initial policy
+        scores every row once (precompute)."""
+        if self.mode == "model":
+            cfg = setting.cfg
+            self.set_reference_model(load_frozen_reference(self.section, cfg, setting.device))
+            setting.log(f"reference: {self.section.reference_model or cfg.model.name}, frozen")
+        elif self.mode == "precompute":
+            for rows in setting.splits:
+                self.precompute_reference(
+                    rows, setting.pad_id, setting.doc_attention, setting.device, setting.autocast
+                )
+            setting.log(
+                "reference: log-probs precomputed with the initial policy (no reference model kept)"
             )
-        self.set_reference_model(reference.to(device))
 
     def set_reference_model(self, reference: nn.Module) -> None:
         reference.eval().requires_grad_(False)
@@ -125,8 +75,7 @@ class SequenceObjective(nn.Module):
 
     def row_scores(self, batch: dict) -> torch.Tensor:
         """What the loss compares, per document [P, 2]: summed response log-probs."""
-        logps, docs = target_logps(self.model, batch, self.loss_chunk)
-        return per_document(logps, docs, n_rows_of(batch))
+        return pair_logps(self.model, batch, self.loss_chunk, n_rows_of(batch))
 
     def forward(self, **batch) -> dict:
         logps = self.row_scores(batch)  # [P, 2]
@@ -156,8 +105,7 @@ class SequenceObjective(nn.Module):
             else:  # adapter_off
                 model, ctx = self.model, self.model.disable_adapter()
             with ctx:
-                logps, docs = target_logps(model, batch, self.loss_chunk)
-            return per_document(logps, docs, n_rows_of(batch))
+                return pair_logps(model, batch, self.loss_chunk, n_rows_of(batch))
 
     @torch.no_grad()
     def precompute_reference(self, rows, pad_id: int, doc_attention: bool, device, autocast):
@@ -174,29 +122,8 @@ class SequenceObjective(nn.Module):
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
             with autocast():
-                logps, docs = target_logps(self.model, batch, self.loss_chunk)
-            ref = per_document(logps, docs, len(part)).double().cpu()  # as live: same sums
+                ref = pair_logps(self.model, batch, self.loss_chunk, len(part))
+            ref = ref.double().cpu()  # as live: same sums
             for r, (a, b) in zip(part, ref.tolist(), strict=True):
                 r.values["ref_0"], r.values["ref_1"] = a, b
         self.model.train(was_training)
-
-
-def _check_adapter_only(model: nn.Module) -> None:
-    """adapter_off is the reference only if nothing but adapter weights trains."""
-    if not hasattr(model, "disable_adapter"):
-        raise StropError(
-            "reference: adapter_off needs an adapter method (lora, dora, ia3, qlora); "
-            "use reference: precompute or model"
-        )
-    others = [
-        n
-        for n, p in model.named_parameters()
-        if p.requires_grad and not any(k in n for k in ("lora_", "ia3_", "modules_to_save"))
-    ]
-    saved = [n for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
-    if others or saved:
-        name = (others or saved)[0]
-        raise StropError(
-            f"reference: adapter_off would be wrong: {name} trains outside the adapter, so the "
-            "model with adapters disabled is not the initial model; use reference: precompute"
-        )

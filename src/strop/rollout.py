@@ -32,9 +32,8 @@ import torch
 from torch import nn
 
 from strop.data.batching import Row
-from strop.data.render import IGNORE
 from strop.models.fast_decode import decode_plan, reserved_cache
-from strop.train.lm_loss import linear_token_logps
+from strop.models.logps import target_logps
 
 
 @dataclass
@@ -250,28 +249,10 @@ def completion_logps(
     model: nn.Module, batch: dict, chunk: int, temperature: float, return_hidden: bool = False
 ):
     """log softmax(logits / T)[token] at every target position [N] (T = 1 when greedy), with
-    the LM head applied at target positions only, chunked (strop.train.lm_loss).
+    the LM head applied at target positions only, chunked (strop.models.logps).
     ``return_hidden``: also the final hidden states there [N, d] (what a value head reads:
     the state *before* each completion token, whose logits predict it)."""
-    # here, not at the top: strop.train.objectives imports this module
-    from strop.train.objectives.causal_lm import _has_logit_transform, causal_lm_of
-    from strop.train.objectives.sequence import decoder_hidden
-
-    lm = causal_lm_of(model)
-    hidden = decoder_hidden(model, batch)
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    h, y = hidden[:, :-1][keep], targets[keep]  # [N, d], [N]
-    t = temperature or 1.0
-    head = lm.get_output_embeddings()
-    if isinstance(head, nn.Linear) and head.bias is None and not _has_logit_transform(lm):
-        logps = linear_token_logps(h, head.weight if t == 1.0 else head.weight / t, y, chunk)
-    else:
-        parts = [
-            (head(h[s : s + chunk]).float() / t).log_softmax(-1).gather(1, y[s : s + chunk, None])
-            for s in range(0, len(y), chunk)
-        ]
-        logps = torch.cat(parts)[:, 0] if parts else h.new_zeros(0, dtype=torch.float32)
+    logps, h = target_logps(model, batch, chunk, temperature)
     return (logps, h) if return_hidden else logps
 
 
