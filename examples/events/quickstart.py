@@ -12,11 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+class Stopped(BaseException):
+    """SIGTERM outside training (the training loop handles its own signals); a BaseException,
+    like KeyboardInterrupt, so no library's ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame) -> None:
+    raise Stopped(signum)
 
 
 def held_out(path: Path, n: int) -> tuple[list[list[dict]], list[str]]:
@@ -39,32 +54,66 @@ def answer_all(model, tok, prompts, label: str) -> list[str]:
     return outs
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The quickstart with the ``strop`` CLI's endings: a bad config or data file, or an
+    interruption, is one sentence on stderr (never a traceback) and the CLI's exit code:
+    2 bad input, 1 runtime failure, 128 + signal (130 Ctrl-C, 143 SIGTERM) when interrupted."""
+    from strop.errors import StropError, StropRuntimeError
+
+    stage = {"now": "before training"}
+    old = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _quickstart(argv, stage)
+    except (KeyboardInterrupt, Stopped) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(
+            f"strop: interrupted ({signal.Signals(signum).name}) {stage['now']}; "
+            "rerun to start again",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    except (StropError, StropRuntimeError) as exc:
+        if os.environ.get("STROP_DEBUG"):
+            raise
+        print(f"strop: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _quickstart(argv: list[str] | None, stage: dict[str, str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(HERE / "config.yaml"))
     ap.add_argument("--eval-n", type=int, default=40, help="held-out announcements to score")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.max_steps=5")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from strop.config import load_config
     from strop.eval.extraction import format_scores_table, score_extractions
     from strop.hub import resolve_model
     from strop.models.load import load_model
-    from strop.train.loop import train
+    from strop.train.loop import Interrupted, train
 
     t_start = time.perf_counter()
     cfg = load_config(args.config, args.overrides)
     print(f"[1/4] model {cfg.model.name} -> {resolve_model(cfg.model.name)}")
     prompts, answers = held_out(HERE / "eval.jsonl", args.eval_n)
 
+    stage["now"] = "while scoring the base model, before training"
     print("[2/4] base model on held-out announcements")
     base, tok, _ = load_model(cfg.model.name)
     before = answer_all(base, tok, prompts, "base")
     del base
 
+    stage["now"] = "while training"  # the loop turns signals into Interrupted at a step end
     print(f"[3/4] strop train {args.config} {' '.join(args.overrides)}")
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except Interrupted as exc:  # as `strop train` ends: checkpoint saved, rerun resumes
+        print(f"strop: {exc}", file=sys.stderr)
+        return exc.exit_code
 
+    stage["now"] = f"while scoring the tuned model (the adapter is saved in {result.final_dir})"
     print("[4/4] tuned model (base + LoRA adapter) on the same announcements")
     tuned, tok, _ = load_model(cfg.model.name, adapter=str(result.final_dir))
     after = answer_all(tuned, tok, prompts, "tuned")

@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from jinja2.exceptions import TemplateError
 
 from strop.config.schema import DataSection
 from strop.data.batching import Row, pack, unpacked
 from strop.data.pairs import PairStats, kto_rows, preference_rows
 from strop.data.prompts import prompt_rows
-from strop.data.records import Record
-from strop.data.render import Sample, TokenizeStats, tokenize_records
+from strop.data.records import BadRecord, Record
+from strop.data.render import Sample, TemplateProblem, TokenizeStats, tokenize_records
+from strop.data.validate import LoadResult, add_bad_records, load_records
 from strop.errors import StropError
 
 # Which records each stage needs: raw text for continued pre-training, chats for SFT,
@@ -46,10 +48,8 @@ class Datasets:
     summaries: list[str]
 
 
-def _read(paths, data: DataSection, kind: str, quarantine: Path | None):
-    from strop.data.validate import load_records
-
-    res = load_records(
+def _read(paths, data: DataSection, kind: str, quarantine: Path | None) -> LoadResult:
+    return load_records(
         paths,
         data.format,
         kind=kind,
@@ -57,7 +57,6 @@ def _read(paths, data: DataSection, kind: str, quarantine: Path | None):
         max_bad_fraction=data.max_bad_fraction,
         text_field=data.text_field,
     )
-    return res.records, res.summary()
 
 
 def split_holdout(records: list[Record], fraction: float, seed: int) -> tuple[list, list]:
@@ -83,6 +82,38 @@ def _tokenize(tokenizer, records, data: DataSection, packing: bool, kind: str = 
     return Split(samples, rows, stats, dropped)
 
 
+def _bad_row(record: Record, problem: str) -> BadRecord:
+    from strop.data.prepare.io import dumps, to_row
+
+    return BadRecord(record.origin, problem, dumps(to_row(record)))
+
+
+def _tokenize_renderable(
+    tokenizer, records, data: DataSection, packing: bool, kind: str
+) -> tuple[Split, list[BadRecord]]:
+    """``_tokenize``, with every record the chat template cannot render set aside as a bad row.
+
+    Templates differ in what they refuse (a role they do not know, turns that do not
+    alternate), so this is found only by rendering. The first failure switches to rendering
+    record by record: clean data pays nothing, bad data twice."""
+    try:
+        return _tokenize(tokenizer, records, data, packing, kind), []
+    except (TemplateProblem, TemplateError):
+        pass
+    good, bad = [], []
+    for rec in records:
+        try:
+            _tokenize(tokenizer, [rec], data, packing, kind)
+        except TemplateProblem as e:
+            bad.append(_bad_row(rec, e.problem))
+            continue
+        except TemplateError as e:  # prompt rows render the template directly
+            bad.append(_bad_row(rec, f"the model's chat template cannot render this prompt: {e}"))
+            continue
+        good.append(rec)
+    return _tokenize(tokenizer, good, data, packing, kind), bad
+
+
 def build_datasets(
     data: DataSection, stage: str, tokenizer, seed: int, run_dir: Path | None = None
 ) -> Datasets:
@@ -91,16 +122,23 @@ def build_datasets(
         known = ", ".join(STAGE_KIND)
         raise StropError(f"stage: {stage!r} has no data pipeline yet (supported: {known})")
     q = (lambda name: run_dir / f"quarantine-{name}.jsonl") if run_dir else (lambda name: None)
-    train_records, summary = _read(data.train, data, kind, q("train"))
-    summaries = [summary]
-    eval_records = None
+    train_read = _read(data.train, data, kind, q("train"))
+    train_records, eval_records, eval_read = train_read.records, None, None
     if isinstance(data.eval, float | int) and not isinstance(data.eval, bool) and data.eval > 0:
         train_records, eval_records = split_holdout(train_records, float(data.eval), seed)
     elif isinstance(data.eval, str) and data.eval:
-        eval_records, summary = _read(data.eval, data, kind, q("eval"))
-        summaries.append(summary)
-    train = _tokenize(tokenizer, train_records, data, data.packing, kind)
+        eval_read = _read(data.eval, data, kind, q("eval"))
+        eval_records = eval_read.records
+    train, bad = _tokenize_renderable(tokenizer, train_records, data, data.packing, kind)
+    ev = None
+    if eval_records:
+        ev, eval_bad = _tokenize_renderable(tokenizer, eval_records, data, data.packing, kind)
+        if eval_read is None:  # held out of the train file: its bad rows are the train file's
+            bad += eval_bad
+        else:
+            add_bad_records(eval_read, eval_bad, data.max_bad_fraction)
+    add_bad_records(train_read, bad, data.max_bad_fraction)
+    summaries = [r.summary() for r in (train_read, eval_read) if r is not None]
     if not train.rows:
         raise StropError(f"{data.train}: no trainable sample left ({train.stats.describe()})")
-    ev = _tokenize(tokenizer, eval_records, data, data.packing, kind) if eval_records else None
     return Datasets(train, ev, summaries)

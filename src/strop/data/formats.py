@@ -3,7 +3,8 @@
 Each chat converter turns one row into a list of ``(location, Message)`` pairs, where location is
 the field path users see in errors (``messages[2]``, ``output``, ``history[0][1]``). The shared
 checks in ``to_record`` then apply the same rules to every format: known roles, a system message
-only first, non-empty assistant content and, for chat stages, at least one assistant turn.
+only first, non-empty assistant content and, for chat stages, a user turn first (after any
+system message) and at least one assistant turn.
 
 A row that breaks a rule raises ``RowProblem`` with a message such as
 ``messages[2].role: unknown role 'bot' (allowed: system, user, assistant, tool)``.
@@ -182,7 +183,18 @@ def _check_turns(turns: Turns, kind: str) -> None:
             raise RowProblem(f"{loc}: a system message must come first")
         if msg.role == "assistant" and not msg.content.strip():
             raise RowProblem(f"{loc}: assistant content is empty or whitespace-only")
-    if kind == "chat" and not any(msg.role == "assistant" for _, msg in turns):
+    if kind != "chat":
+        return  # pre-training joins the words; no chat template renders the turns
+    opening = next(((loc, msg) for loc, msg in turns if msg.role != "system"), None)
+    if opening is not None and opening[1].role != "user":
+        # An answer with no prompt before it: chat templates cannot render the empty prompt
+        # its loss mask needs, and "reply to nothing" is not what the model should learn.
+        loc, role = opening[0], opening[1].role
+        raise RowProblem(
+            f"{loc}: the conversation opens with {'an' if role == 'assistant' else 'a'} {role} "
+            "turn; the first turn after any system message must be the user's"
+        )
+    if not any(msg.role == "assistant" for _, msg in turns):
         raise RowProblem("conversation has no assistant turn (nothing to train on)")
 
 

@@ -154,10 +154,27 @@ def load_records(
     write_quarantine(result.bad, result.quarantine_path)
     if result.total_rows == 0:
         raise StropError(f"{', '.join(result.sources)}: no rows found; the data is empty.")
+    check_bad_share(result, max_bad_fraction)
+    return result
+
+
+def check_bad_share(result: LoadResult, max_bad_fraction: float) -> None:
+    """StropError with the summary when bad rows are more than ``max_bad_fraction`` of all."""
     if result.bad_fraction > max_bad_fraction:
         raise StropError(
             f"{result.headline()}, more than the allowed {_percent(max_bad_fraction)} "
             f"(max_bad_fraction={max_bad_fraction}); fix these rows or raise the threshold:\n"
             + "\n".join(f"  {p}" for p in result.problems())
         )
-    return result
+
+
+def add_bad_records(result: LoadResult, bad: list[BadRecord], max_bad_fraction: float) -> None:
+    """Rows found bad after loading (a chat template that cannot render them): out of
+    ``records``, into ``bad`` and the quarantine file, and the share checked again."""
+    if not bad:
+        return
+    origins = {b.origin for b in bad}
+    result.records = [r for r in result.records if r.origin not in origins]
+    result.bad.extend(bad)
+    write_quarantine(result.bad, result.quarantine_path)
+    check_bad_share(result, max_bad_fraction)

@@ -1,4 +1,6 @@
-"""Multiple-choice eval (MMLU / C-Eval style), scored by log-likelihood.
+"""Multiple-choice eval (MMLU / C-Eval / CMMLU style), scored by log-likelihood.
+
+The question files and their published layouts are read by ``strop.eval.mc_data``.
 
 Each choice's continuation (" A", " B", ... with ``score: letter``; " <choice text>" with
 ``score: text``) is scored by the sum of its tokens' log-probs given the prompt; the prediction is
@@ -9,105 +11,13 @@ argmax. Per-example 0/1 scores feed the paired bootstrap.
 
 from __future__ import annotations
 
-import csv
-import json
-import string
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 
 from strop.errors import StropError
 from strop.eval.config import TaskSpec
+from strop.eval.mc_data import LETTERS, MCExample, load_mc_file
+from strop.eval.mc_data import jsonl_values as jsonl_values  # re-exported: eval.retrieval reads it
 from strop.eval.tasks import MetricScores, TaskOutput
-
-LETTERS = string.ascii_uppercase
-
-
-@dataclass
-class MCExample:
-    origin: str  # file:line
-    question: str
-    choices: list[str]
-    answer: int  # index into choices
-    subject: str | None = None
-
-
-def _parse_row(row: dict, origin: str) -> MCExample:
-    if not isinstance(row, dict):
-        raise StropError(f"{origin}: expected an object with question/choices/answer")
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise StropError(f"{origin}: missing or empty 'question'")
-    if row.get("choices") not in (None, ""):
-        choices = row["choices"]
-        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-            raise StropError(f"{origin}: 'choices' must be a list of strings")
-    else:
-        choices = []
-        for letter in LETTERS:
-            value = row.get(letter)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                break
-            choices.append(str(value))
-        later = [c for c in LETTERS[len(choices) + 1 :] if row.get(c) not in (None, "")]
-        if later:
-            raise StropError(
-                f"{origin}: choice column {LETTERS[len(choices)]} is empty but {later[0]} is set"
-            )
-    if len(choices) < 2:
-        raise StropError(f"{origin}: need at least 2 choices (columns A, B, ... or 'choices')")
-    if len(choices) > len(LETTERS):
-        raise StropError(f"{origin}: at most {len(LETTERS)} choices")
-    answer = row.get("answer")
-    if isinstance(answer, str) and answer.strip().isdigit():
-        answer = int(answer.strip())
-    if isinstance(answer, bool) or answer is None or answer == "":
-        raise StropError(f"{origin}: missing 'answer' (a letter or a 0-based index)")
-    if isinstance(answer, int):
-        index = answer
-    elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
-        index = LETTERS.index(answer.strip().upper())
-    else:
-        raise StropError(f"{origin}: 'answer' must be a letter or a 0-based index, got {answer!r}")
-    if not 0 <= index < len(choices):
-        raise StropError(f"{origin}: answer {answer!r} is out of range for {len(choices)} choices")
-    subject = row.get("subject")
-    subject = str(subject).strip() if subject not in (None, "") else None
-    return MCExample(origin, question, list(choices), index, subject)
-
-
-def load_mc_file(path: str | Path) -> list[MCExample]:
-    """Rows of a CSV (with a header row) or JSONL file; a bad row raises naming file:line."""
-    path = Path(path)
-    out: list[MCExample] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "question" not in reader.fieldnames:
-                raise StropError(
-                    f"{path}:1: a multiple-choice CSV needs a header row with 'question', "
-                    "choice columns A, B, ... (or 'choices') and 'answer'"
-                )
-            start = reader.line_num + 1
-            for row in reader:
-                out.append(_parse_row(row, f"{path}:{start}"))
-                start = reader.line_num + 1
-        return out
-    return [_parse_row(row, origin) for origin, row in jsonl_values(path)]
-
-
-def jsonl_values(path: Path):
-    """Yield ``("file:line", parsed value)`` for every non-blank line of a JSONL file; invalid
-    JSON stops with the line named."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StropError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
 
 
 def load_mc_examples(task: TaskSpec) -> list[MCExample]:

@@ -70,6 +70,8 @@ def iter_chunks(inputs: list[Any], chunk_size: int) -> Iterator[Chunk]:
         path = Path(spec.path)
         if not path.exists():
             raise StropError(f"{path}: no such file.")
+        if not path.is_file():
+            raise StropError(f"{path}: not a regular file.")
         is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
         rows: Iterator = _jsonl_lines(path) if is_jsonl else read_rows(path)
         fmt = spec.format

@@ -4,6 +4,7 @@ calls). See strop.data.prepare.pipeline for how the work is split and ordered.""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from array import array
@@ -200,6 +201,32 @@ def _outputs(cfg: PrepareConfig, data_path: Path, writer: _Writer) -> tuple[dict
     return files, split_info
 
 
+def _output_dir(out_dir: Path) -> Path:
+    """``output.dir``, created when missing; one sentence naming the key, not a traceback,
+    when it is a file, lies under a file, or cannot be written."""
+    blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == out_dir:
+        raise StropError(
+            f"output.dir: {out_dir} is an existing file, not a directory; choose another "
+            "output.dir."
+        )
+    if blocker is not None:
+        raise StropError(
+            f"output.dir: cannot create {out_dir}, because {blocker} is a file, not a directory."
+        )
+    probe = out_dir / f".strop-write-test-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()  # permissions alone do not tell (root, read-only mounts)
+        probe.unlink()
+    except OSError as e:
+        raise StropError(
+            f"output.dir: cannot write to {out_dir} ({e.strerror or e}); choose a writable "
+            "output.dir."
+        ) from None
+    return out_dir
+
+
 def run_prepare(
     cfg: PrepareConfig,
     specs: list[tuple[str, Section]] | None = None,
@@ -209,16 +236,21 @@ def run_prepare(
     """Run the configured steps over the inputs and write every output; see docs/prepare.md."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     specs = specs if specs is not None else cfg.step_params()
-    out_dir = Path(cfg.output.dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(_resolved(cfg, specs), encoding="utf-8")
+    out_dir = _output_dir(Path(cfg.output.dir))
     name = cfg.output.name
     steps = build_steps(specs)
     stratify = cfg.split.stratify if cfg.split else None
     runner = ChunkRunner(steps, _out_format(specs), stratify)
     data_path = out_dir / (f".{name}.all.jsonl" if cfg.split else f"{name}.jsonl")
-    writer = _Writer(data_path, stratify is not None)
-    quarantine = _Quarantine(out_dir / "quarantine.jsonl")
+    writer = None
+    try:
+        (out_dir / "config.yaml").write_text(_resolved(cfg, specs), encoding="utf-8")
+        writer = _Writer(data_path, stratify is not None)
+        quarantine = _Quarantine(out_dir / "quarantine.jsonl")
+    except OSError as e:
+        if writer is not None:
+            writer.fh.close()
+        raise StropError(f"output.dir: cannot write {e.filename}: {e.strerror or e}.") from None
     walker = Walker(steps, writer, quarantine, out_dir)
     t0 = perf_counter()
     info: dict[str, Any] = {}
