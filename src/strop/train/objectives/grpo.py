@@ -161,6 +161,7 @@ class GRPOObjective(OnlineRLObjective):
             "zero_adv_groups": sum(zero) / len(zero),
             "time/reward": reward_s,
             "time/reference": time.perf_counter() - t1,
+            **self.reward_stats.take(),  # reward/violations, reward/timeouts, reward/errors
         }
         if s.dynamic_sampling and s.refill_rounds:
             self.step_metrics["sampling_rounds"] = len(parts)

@@ -22,7 +22,7 @@ from strop.models.load import load_tokenizer
 from strop.rollout import Rollout, RolloutRow, completion_logps, sample
 from strop.train.objectives.base import Objective, Setting
 from strop.train.objectives.reference import check_adapter_only, load_frozen_reference
-from strop.train.rewards import combine, resolve
+from strop.train.rewards import RewardStats, combine, resolve
 
 
 class OnlineRLObjective(Objective):
@@ -50,6 +50,7 @@ class OnlineRLObjective(Objective):
         self._reference: list[nn.Module] = []  # a list: not a submodule, never trained/saved
         self._buffer: list[RolloutRow] = []
         self._iteration = 0
+        self.reward_stats = RewardStats()  # violations, timeouts, errors: logged per step
 
     # -- the reference policy --------------------------------------------------------------
     def prepare(self, setting: Setting) -> None:
@@ -114,7 +115,7 @@ class OnlineRLObjective(Objective):
         names = sorted({k for p in prompts for k in p.fields})
         fields = {k: [p.fields.get(k) for p in prompts] for k in names}
         fields["completion_ids"] = ro.completion_ids
-        return combine(self.specs, [p.messages for p in prompts], texts, fields)
+        return combine(self.specs, [p.messages for p in prompts], texts, fields, self.reward_stats)
 
     @staticmethod
     def rollout_metrics(rewards: torch.Tensor, each: dict, ro: Rollout) -> dict[str, float]:
@@ -145,7 +146,8 @@ class OnlineRLObjective(Objective):
                 each_sum[k] = each_sum.get(k, 0.0) + sum(v)
         mean = sum(total) / len(total)
         return {"eval_loss": -mean, "eval_reward": mean,
-                **{f"eval_reward/{k}": v / len(total) for k, v in each_sum.items()}}  # fmt: skip
+                **{f"eval_reward/{k}": v / len(total) for k, v in each_sum.items()},
+                **{f"eval_{k}": v for k, v in self.reward_stats.take().items()}}  # fmt: skip
 
     # -- resume: the rollouts of an unfinished num_iterations cycle ----------------------------
     def rollout_state(self) -> dict:

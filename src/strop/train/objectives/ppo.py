@@ -149,6 +149,7 @@ class PPOObjective(OnlineRLObjective):
             "time/reward": t1 - t0,
             "time/reference": t2 - t1,
             "time/values": time.perf_counter() - t2,
+            **self.reward_stats.take(),  # reward/violations, reward/timeouts, reward/errors
         }
         self._buffer = rows
         return rows
