@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from strop.data.formats import RowProblem, detect_format, to_record
+from strop.data.formats import RowProblem, detect_format
 from strop.data.readers import read_rows
 from strop.data.records import Message
+from strop.data.to_record import to_record
 from strop.data.validate import load_records
 from strop.errors import StropError
 

@@ -13,7 +13,9 @@ PACKING_STAGES = ("pt", "sft")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: a learning rate (or any number) of inf or nan is a config error, not a run
+    # that trains to NaN and exits 0.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):

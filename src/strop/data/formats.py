@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from strop.data.readers import type_name
-from strop.data.records import ROLES, Message, Record
+from strop.data.records import ROLES, Message
 from strop.errors import StropError
 
 
@@ -201,40 +201,6 @@ def _check_turns(turns: Turns, kind: str) -> None:
 def _meta(row: dict[str, Any], consumed: Iterable[str]) -> dict[str, Any]:
     """Unknown top-level fields are kept for later stages rather than dropped."""
     return {k: v for k, v in row.items() if k not in set(consumed)}
-
-
-def to_record(
-    fmt: str, row: dict[str, Any], origin: str, *, kind: str = "chat", text_field: str = "text"
-) -> Record:
-    """Convert one parsed row of format ``fmt`` to a Record, or raise RowProblem.
-
-    kind="chat": the result has ``messages``; a ``text`` row is a problem (use stage pt).
-    kind="text": the result has ``text``; chat rows are accepted and become one document by
-    joining their message contents with "\\n\\n" (roles are not rendered: pre-training sees only
-    the words). All chat checks except "has an assistant turn" still apply.
-    """
-    if kind in ("preference", "kto", "prompt"):
-        from strop.data.preference_formats import PAIR_FORMATS
-        from strop.data.prompts import from_prompt
-
-        if fmt != kind:
-            raise RowProblem(f"format {fmt} has no {kind} layout")
-        return {**PAIR_FORMATS, "prompt": from_prompt}[kind](row, origin)
-    if fmt == "text":
-        if kind == "chat":
-            raise RowProblem("format text has no conversation; use stage pt")
-        text = _string(_require(row, text_field), text_field)
-        if not text.strip():
-            raise RowProblem(f"{text_field}: empty or whitespace-only")
-        return Record(origin, text=text, meta=_meta(row, {text_field}))
-    turns, consumed = CHAT_FORMATS[fmt](row)
-    _check_turns(turns, kind)
-    messages = [msg for _, msg in turns]
-    if kind == "text":
-        return Record(
-            origin, text="\n\n".join(m.content for m in messages), meta=_meta(row, consumed)
-        )
-    return Record(origin, messages=messages, meta=_meta(row, consumed))
 
 
 def classify(row: dict[str, Any], text_field: str = "text") -> str | None:

@@ -184,4 +184,14 @@ def from_kto(row: dict[str, Any], origin: str) -> Record:
     return Record(origin, messages=prompt, completion=completion, label=label, meta=meta)
 
 
-PAIR_FORMATS = {"preference": from_preference, "kto": from_kto}
+def from_prompt(row: dict[str, Any], origin: str) -> Record:
+    prompt = _explicit_prompt(row)
+    if prompt is None:
+        raise RowProblem(f"missing a prompt (one of {', '.join(PROMPT_FIELDS)})")
+    _check_prompt(prompt, "prompt")
+    consumed = {*PROMPT_FIELDS, "input", "system"}
+    return Record(origin, messages=prompt, meta={k: v for k, v in row.items() if k not in consumed})
+
+
+# Row layouts of the stages that do not train on chats: one Record builder per data kind.
+ROW_FORMATS = {"preference": from_preference, "kto": from_kto, "prompt": from_prompt}

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strop.data.batching import Row
-from strop.data.formats import RowProblem
 from strop.data.records import Record
 from strop.data.render import IGNORE, ensure_chat_template
 
@@ -36,17 +35,6 @@ class PromptStats:
         return (
             f"{self.rows} prompts, {self.tokens} tokens; dropped {self.dropped_too_long} too long"
         )
-
-
-def from_prompt(row: dict[str, Any], origin: str) -> Record:
-    from strop.data.preference_formats import PROMPT_FIELDS, _check_prompt, _explicit_prompt
-
-    prompt = _explicit_prompt(row)
-    if prompt is None:
-        raise RowProblem(f"missing a prompt (one of {', '.join(PROMPT_FIELDS)})")
-    _check_prompt(prompt, "prompt")
-    consumed = {*PROMPT_FIELDS, "input", "system"}
-    return Record(origin, messages=prompt, meta={k: v for k, v in row.items() if k not in consumed})
 
 
 def prompt_rows(

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from strop.data.formats import KIND_FORMATS, RowProblem, detect_format, to_record
+from strop.data.formats import KIND_FORMATS, RowProblem, detect_format
 from strop.data.readers import RawRow, read_rows
 from strop.data.records import BadRecord, Record
+from strop.data.to_record import to_record
 from strop.errors import StropError
 
 DETECT_ROWS = 64  # parsed rows looked at to detect a file's format

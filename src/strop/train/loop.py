@@ -25,6 +25,7 @@ from strop.errors import StropRuntimeError
 from strop.models.load import load_model
 from strop.models.transforms import TRANSFORMS
 from strop.train import artifacts, checkpoint, distributed
+from strop.train import run_dir as run_dirs
 from strop.train.logger import MetricsLogger
 from strop.train.loss_sums import LossSums
 from strop.train.objectives import Objective
@@ -139,18 +140,39 @@ def _shared_fraction(batches: list[dict], d: distributed.Dist) -> float:
 def train(cfg: Config) -> RunResult:
     d = distributed.setup(cfg.train.distributed)
     run_dir = Path(cfg.train.output_dir)
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if d.is_main:  # checked, locked and compared with what it holds before anything is written
+        run_dir = run_dirs.claim(cfg)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
+        run_dirs.record_inputs(cfg, run_dir)
     log = print if d.is_main else (lambda *a, **k: None)
     try:
         run = setup_run(cfg, d, run_dir, log)
         _train_steps(run)
+        _check_outcome(run)
         final_dir = _finish(run)
         eval_loss = run.last_eval and run.last_eval.get("eval_loss")
         return RunResult(run_dir, run.state["step"], final_dir, run.history, eval_loss)
     finally:
+        run_dirs.release(run_dir)
         distributed.teardown()
+
+
+def _check_outcome(run: Run) -> None:
+    """A run that diverged must not look like one that trained: non-finite final weights, or
+    most steps skipped as non-finite, end with a sentence and exit code 1 (and no final/)."""
+    state, steps = run.state, max(run.state["step"], 1)
+    if state["nan_skips"] * 2 > steps:
+        raise StropRuntimeError(
+            f"{state['nan_skips']} of {steps} steps were skipped as non-finite, so the run did "
+            "not train; lower train.lr or check the data (no final/ written)"
+        )
+    bad = [n for n, p in run.objective.named_parameters()
+           if p.requires_grad and not torch.isfinite(p.detach()).all()]  # fmt: skip
+    if bad:
+        raise StropRuntimeError(
+            f"the trained weights are not finite ({len(bad)} tensors, e.g. {bad[0]}): the run "
+            "diverged; lower train.lr (no final/ written)"
+        )
 
 
 def _run_eval(run: Run) -> dict:

@@ -21,10 +21,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from strop.config.schema import Section
-from strop.data.formats import RowProblem, classify, to_record
+from strop.data.formats import RowProblem, classify
 from strop.data.prepare.base import Removed, Result, Step, ngram_tokens, prompt_texts, texts
 from strop.data.readers import read_rows
 from strop.data.records import Record
+from strop.data.to_record import to_record
 from strop.errors import StropError
 
 

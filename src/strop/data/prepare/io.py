@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strop.data.formats import RowProblem, classify, to_record
+from strop.data.formats import RowProblem, classify
 from strop.data.readers import RawRow, read_rows, truncate, type_name
 from strop.data.records import Message, Record
+from strop.data.to_record import to_record
 from strop.errors import StropError
 
 DETECT_ROWS = 64
