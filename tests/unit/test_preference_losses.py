@@ -26,7 +26,7 @@ def ref_dpo(pw, pl, rw, rl, beta, kind, eps):
         return -(1 - eps) * _log_sigmoid(beta * z) - eps * _log_sigmoid(-beta * z)
     if kind == "robust":
         return ((eps - 1) * _log_sigmoid(beta * z) + eps * _log_sigmoid(-beta * z)) / (1 - 2 * eps)
-    if kind == "ipo":
+    if kind in ("ipo", "ipo_mean"):  # the same loss on z; ipo_mean's z is per token (below)
         return (z - 1 / (2 * beta)) ** 2
     if kind == "hinge":
         return max(0.0, 1 - beta * z)
@@ -85,7 +85,7 @@ def _inputs(n=6, seed=0, dtype=torch.float64, scale=20.0):
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_dpo_losses_match_reference_values_and_gradients(kind, eps, dtype):
-    if kind in ("ipo", "hinge") and eps:
+    if kind in ("ipo", "ipo_mean", "hinge") and eps:
         pytest.skip("label smoothing does not apply")
     beta = 0.3
     pw, pl, rw, rl = _inputs(dtype=dtype)
@@ -245,3 +245,23 @@ def test_bradley_terry_matches_reference_and_limits():
     torch.testing.assert_close(b.grad, torch.tensor(gb, dtype=torch.float64), atol=1e-6, rtol=0)
     x = torch.tensor([0.3])
     assert bradley_terry_loss(x, x).item() == pytest.approx(math.log(2))
+
+
+def test_ipo_sums_log_ratios_and_ipo_mean_averages_them_per_token():
+    """strop's ipo follows the paper (sequence log-probs); ipo_mean is TRL's per-token mean.
+    Pair: chosen 5 tokens, rejected 10; policy -10 / -20, reference -12 / -18; beta 0.5."""
+    from types import SimpleNamespace
+
+    from strop.train.objectives.dpo import DPOObjective
+
+    logps = torch.tensor([[-10.0, -20.0]])
+    ref = torch.tensor([[-12.0, -18.0]])
+    counts = torch.tensor([[5.0, 10.0]])
+    obj = DPOObjective.__new__(DPOObjective)  # compute() needs only its section
+    for loss, want in (("ipo", (4.0 - 1.0) ** 2), ("ipo_mean", (0.6 - 1.0) ** 2)):
+        # sum: z = (-10 + 12) - (-20 + 18) = 4; per token: z = (-2 + 2.4) - (-2 + 1.8) = 0.6
+        obj.__dict__["section"] = SimpleNamespace(
+            loss=loss, beta=0.5, label_smoothing=0.0, nll_weight=0.0
+        )
+        got, _ = obj.compute(logps, ref, counts, {})
+        assert got.item() == pytest.approx(want), loss

@@ -249,6 +249,8 @@ def test_resolve_and_combine():
     assert R.resolve("tests.unit.test_rewards:shout") is shout
     with pytest.raises(StropError, match="unknown reward 'nope'"):
         R.resolve("nope")
+    with pytest.raises(StropError, match="write it as 'module:function', here 'mypkg.rewards:brev"):
+        R.resolve("mypkg.rewards.brevity")  # the dotted path people write first
     with pytest.raises(StropError, match="cannot import"):
         R.resolve("tests.unit.test_rewards:missing")
     specs = [

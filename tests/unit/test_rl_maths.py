@@ -253,3 +253,14 @@ def test_whiten_and_shaping_and_kl_controller():
     kl = AdaptiveKLController(0.1, target=6.0, horizon=100)
     assert kl.update(12.0, 10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))  # clipped at +0.2
     assert kl.update(6.0, 10) == pytest.approx(0.1 * 1.02)  # on target: unchanged
+
+
+def test_group_advantages_population_or_sample_std():
+    """Population std (the paper's, strop's default) vs sample std (TRL's): at G = 4 with
+    rewards 1, 0, 0, 0 the stds are sqrt(3)/4 and 1/2, so advantages differ by 2/sqrt(3)."""
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    pop = group_advantages(r, 4, eps=0.0)
+    sample = group_advantages(r, 4, eps=0.0, std="sample")
+    torch.testing.assert_close(pop, (r - 0.25) / (3**0.5 / 4))
+    torch.testing.assert_close(sample, (r - 0.25) / 0.5)
+    torch.testing.assert_close(pop / sample, torch.full((4,), 2 / 3**0.5, dtype=torch.float64))

@@ -108,7 +108,9 @@ class ReferenceOptions(Section):
 
 class DPOSection(ReferenceOptions):
     beta: float = Field(0.1, gt=0)
-    loss: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
+    loss: Literal["sigmoid", "robust", "ipo", "ipo_mean", "hinge"] = "sigmoid"
+    """ipo: the paper's margin of summed response log-ratios; ipo_mean: of per-token mean
+    log-ratios (TRL's IPO), which the same beta scales differently."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Preference-label noise e: cDPO with loss sigmoid, the unbiased estimator with robust."""
     nll_weight: float = Field(0.0, ge=0)
@@ -162,6 +164,9 @@ class GRPOSection(Section):
     aggregation: Literal["sequence_mean", "token_mean", "dr_grpo"] = "sequence_mean"
     scale_rewards: bool = True
     """Divide advantages by the group's reward std (Dr. GRPO: false)."""
+    reward_std: Literal["population", "sample"] = "population"
+    """That std over the group: population (divide by G, the paper's) or sample (G - 1, TRL's;
+    ~1.15x larger at G = 4, so advantages ~0.87x)."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (zero advantage; DAPO)."""
     refill_rounds: int = Field(0, ge=0)

@@ -207,10 +207,13 @@ def resolve(name: str, where: str = "grpo.rewards") -> RewardFn:
     if name in REWARDS:
         return REWARDS[name]
     if ":" not in name:
-        raise StropError(
-            f"{where}: unknown reward {name!r} (known: {', '.join(REWARDS)}; or give "
-            "'module:function')"
+        module, dot, attr = name.rpartition(".")
+        hint = (  # mypkg.rewards.brevity: the user meant an import path
+            f"; for your own function write it as 'module:function', here {module + ':' + attr!r}"
+            if dot and module and attr
+            else "; or give 'module:function' for your own function"
         )
+        raise StropError(f"{where}: unknown reward {name!r} (known: {', '.join(REWARDS)}){hint}")
     module, _, attr = name.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)

@@ -13,6 +13,8 @@ and each variant is a loss on z (shapes: every tensor [P], one entry per pair):
                                                          (Chowdhury et al., 2024: unbiased
                                                           under preference-label noise e)
     ipo                        (z - 1/(2b))^2              (Azar et al., 2023, IPO eq. 17)
+    ipo_mean                   the same on z of per-token mean log-probs (TRL's IPO: the
+                               same beta then weighs a much smaller margin)
     hinge                      max(0, 1 - b z)             (SLiC-HF, Zhao et al., 2023)
 
 with s the logistic sigmoid. ``nll_weight`` adds an SFT term on the chosen response (RPO,
@@ -52,8 +54,11 @@ DPO_LOSSES = {
     "sigmoid": sigmoid_loss,
     "robust": robust_loss,
     "ipo": ipo_loss,
+    "ipo_mean": ipo_loss,
     "hinge": hinge_loss,
 }
+# Losses whose margin uses log-probs averaged over each response's tokens, not summed.
+PER_TOKEN_MARGIN = {"ipo_mean"}
 
 
 def reward_metrics(policy: torch.Tensor, ref: torch.Tensor | None, beta: float) -> dict:
@@ -78,7 +83,10 @@ class DPOObjective(SequenceObjective):
 
     def compute(self, logps, ref, counts, values):
         s = self.section
-        z = dpo_margin(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1])
+        if s.loss in PER_TOKEN_MARGIN:
+            z = dpo_margin(*(logps / counts).unbind(1), *(ref / counts).unbind(1))
+        else:
+            z = dpo_margin(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1])
         losses = DPO_LOSSES[s.loss](z, s.beta, s.label_smoothing)
         if s.nll_weight:
             losses = losses + s.nll_weight * (-logps[:, 0] / counts[:, 0])

@@ -4,7 +4,10 @@ GRPO (Shao et al., 2024, DeepSeekMath eq. 3) samples a group of G completions o_
 prompt q from the old policy, scores them r_1..r_G, and uses the group-normalised reward as
 the advantage of every token of o_i (outcome supervision, eq. in §4.1.2):
 
-    A_i = (r_i - mean(r)) / (std(r) + eps)           (std: population std over the group)
+    A_i = (r_i - mean(r)) / (std(r) + eps)
+
+std is the group's population std (divide by G), as the paper's normalisation reads; TRL
+divides by G - 1 (the sample std, about 1.15x larger at G = 4): ``reward_std: sample``.
 
 Per token, with r_t = pi(o_t) / pi_old(o_t) and the k3 KL estimator to the reference (eq. 4),
 
@@ -40,13 +43,18 @@ from strop.train.objectives.policy_gradient import clipped_surrogate, kl_k3, mas
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_size: int,
+    scale: bool = True,
+    eps: float = 1e-4,
+    std: str = "population",
 ) -> torch.Tensor:
-    """rewards [N] (N = prompts x group_size, groups contiguous) -> advantages [N]."""
+    """rewards [N] (N = prompts x group_size, groups contiguous) -> advantages [N]; ``std``:
+    population (divide by G) or sample (G - 1, TRL's)."""
     r = rewards.view(-1, group_size)  # [P, G]
     centred = r - r.mean(1, keepdim=True)
     if scale:
-        centred = centred / (r.std(1, unbiased=False, keepdim=True) + eps)
+        centred = centred / (r.std(1, unbiased=std == "sample", keepdim=True) + eps)
     return centred.reshape(-1)
 
 
@@ -132,7 +140,7 @@ class GRPOObjective(OnlineRLObjective):
             for k, v in e.items():
                 each[k] = each.get(k, []) + v
             r = torch.tensor(r, dtype=torch.float64)
-            adv = group_advantages(r, s.group_size, s.scale_rewards).tolist()
+            adv = group_advantages(r, s.group_size, s.scale_rewards, std=s.reward_std).tolist()
             flat = zero_advantage_groups(r, s.group_size).tolist()
             zero += flat
             parts.append(ro)
