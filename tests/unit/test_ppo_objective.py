@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from strop.train.objectives.ppo_objective import ppo_advantages, ppo_token_loss
+from strop.train.objectives.ppo import ppo_advantages, ppo_token_loss
 
 LENGTHS = [3, 1, 4]
 
