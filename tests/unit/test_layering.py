@@ -122,3 +122,15 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_console_script_imports_nothing_heavy():
+    """`strop --help` stays instant: the verbs import their modules when they run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, strop.cli; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -13,6 +13,7 @@ from rich.table import Table
 from strop.errors import StropError
 from strop.hub import KNOWN_MODELS, is_materialised, materialised_path
 from strop.infer import GenerationParams, generate
+from strop.models.load import load_model
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -36,8 +37,6 @@ def models_command() -> None:
 
 def _load(model: str, adapter: str | None):
     import torch
-
-    from strop.models.load import load_model
 
     loaded, tokenizer, _ = load_model(model, "auto", adapter)
     if torch.cuda.is_available():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from strop.data.prepare import load_prepare_config, run_prepare
+
 
 def prepare_command(config: str, overrides: list[str]) -> None:
-    from strop.data.prepare import load_prepare_config, run_prepare
 
     cfg, steps = load_prepare_config(config, overrides)
     result = run_prepare(cfg, steps, log=lambda msg: print(msg, file=sys.stderr))

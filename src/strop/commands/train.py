@@ -6,11 +6,11 @@ import os
 import sys
 
 from strop.config import load_config
+from strop.train.loop import Interrupted, train
+from strop.train.task_eval import parse_eval_tasks
 
 
 def train_command(config: str, overrides: list[str]) -> None:
-    from strop.train.loop import Interrupted, train
-    from strop.train.task_eval import parse_eval_tasks
 
     cfg = load_config(config, overrides)
     parse_eval_tasks(cfg.train.eval_tasks, config)  # before any model work

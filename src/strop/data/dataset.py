@@ -11,6 +11,7 @@ from jinja2.exceptions import TemplateError
 from strop.config.schema import DataSection
 from strop.data.batching import Row, pack, unpacked
 from strop.data.pairs import PairStats, kto_rows, preference_rows
+from strop.data.prepare.io import dumps, to_row
 from strop.data.prompts import prompt_rows
 from strop.data.records import BadRecord, Record
 from strop.data.render import Sample, TemplateProblem, TokenizeStats, tokenize_records
@@ -83,7 +84,6 @@ def _tokenize(tokenizer, records, data: DataSection, packing: bool, kind: str = 
 
 
 def _bad_row(record: Record, problem: str) -> BadRecord:
-    from strop.data.prepare.io import dumps, to_row
 
     return BadRecord(record.origin, problem, dumps(to_row(record)))
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from strop.errors import StropError
+from strop.reward import load_reward_model, score
 from strop.sandbox import run
 from strop.train.answers import answers_equal, extract_answer, reference_answer
 
@@ -177,14 +178,11 @@ def reward_model(prompts, completions, path: str | None = None, batch_size: int 
     if path is None:
         raise StropError("reward reward_model: args.path (a stage-rm final/ dir) is required")
     if path not in _RM_CACHE:
-        from strop.reward import load_reward_model
-
         _RM_CACHE[path] = load_reward_model(path, "fp32")
     model, tok = _RM_CACHE[path]
     convs = [
         [*p, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)
     ]
-    from strop.reward import score
 
     return score(model, tok, convs, batch_size)
 

@@ -17,6 +17,7 @@ from strop.config.load import (
     validate_tree,
 )
 from strop.config.schema import Section
+from strop.data.prepare.steps import STEPS
 from strop.errors import StropError
 
 
@@ -103,7 +104,6 @@ class PrepareConfig(Section):
 
 
 def _validate_step(i: int, spec: dict[str, Any], source: str) -> tuple[str, Section]:
-    from strop.data.prepare.steps import STEPS
 
     spec = dict(spec)
     name = spec.pop("name", None)

@@ -15,6 +15,8 @@ import string
 from collections.abc import Iterator
 from typing import Any
 
+from strop.data.prepare.pii import CN_CHECK, CN_WEIGHTS, IBAN_LENGTHS
+
 WORDS = (  # noqa: SIM905  (a word list reads better as text)
     "time year people way day man thing woman life child world school state family student "
     "group country problem hand part place case week company system program question work "
@@ -62,7 +64,6 @@ def luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
 
 
 def cn_id(rng: random.Random, valid: bool = True) -> str:
-    from strop.data.prepare.pii import CN_CHECK, CN_WEIGHTS
 
     body = (
         f"{rng.choice(['110105', '310104', '440305', '510107', '330106'])}"
@@ -76,7 +77,6 @@ def cn_id(rng: random.Random, valid: bool = True) -> str:
 
 
 def iban(rng: random.Random, valid: bool = True) -> str:
-    from strop.data.prepare.pii import IBAN_LENGTHS
 
     country = rng.choice(["DE", "GB", "FR", "NL", "ES", "IT", "CH"])
     n = IBAN_LENGTHS[country] - 4
