@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +100,57 @@ def test_kill_and_resume_is_bit_identical(tmp_path, stage):
     ta = json.loads((a / last / "trainer.json").read_text())
     tb = json.loads((b / last / "trainer.json").read_text())
     assert ta == tb
+
+
+TIMING = ("target_tokens_per_s",)
+
+
+def _rows(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_metrics_read_as_one_run_after_a_hard_kill_and_resume(tmp_path):
+    """A run killed hard (no chance to save) after logging steps past its last checkpoint
+    logs those steps again on resume: metrics.jsonl must not keep them twice (issue 18.13)."""
+    from strop.config import load_config
+    from strop.train.loop import train
+
+    data = write_chat_jsonl(tmp_path / "data.jsonl", n=16)
+    runs = {}
+    for name in ("straight", "killed"):
+        runs[name] = tiny_config(
+            tmp_path / name,
+            data,
+            data={"eval": 0.25},
+            train={"max_steps": 6, "save_every": 2, "keep_last": 3, "eval_every": 3},
+        )
+        train(load_config(None, raw=runs[name]))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    # Turn "killed" into what a SIGKILL after step 5's row (and a half-written line) leaves:
+    # checkpoints up to step-4, metrics logged to step 5, no final/.
+    shutil.rmtree(killed / "checkpoints" / "step-6")
+    shutil.rmtree(killed / "final")
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    cut = [x for x in lines if json.loads(x)["step"] <= 5]
+    (killed / "metrics.jsonl").write_text("\n".join(cut) + '\n{"step": 6, "lo')
+    train(load_config(None, raw=runs["killed"]))
+    steps = [r["step"] for r in _rows(killed) if "loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, 7))
+    assert _rows(killed) == _rows(straight)  # eval rows too, each once, in order
+
+
+def test_metrics_log_keeps_rows_up_to_the_resume_step_and_replaces_a_relogged_one(tmp_path):
+    from strop.train.logger import MetricsLogger
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval_loss": 1.1}]
+    rows += [{"step": 3, "loss": 0.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
+    log = MetricsLogger(tmp_path, 4, 2, 0, enabled=True, progress=False, tensorboard=False)
+    assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:3]
+    log.log({"step": 2, "eval_loss": 1.2})  # a finished run's final eval, logged again
+    log.log({"step": 3, "loss": 0.7})
+    log.close()
+    got = [json.loads(x) for x in path.read_text().splitlines()]
+    assert got == [*rows[:2], {"step": 2, "eval_loss": 1.2}, {"step": 3, "loss": 0.7}]

@@ -1,10 +1,11 @@
 """checkpoint_average inputs: the last k committed checkpoints of one strop run.
 
 A checkpoint (strop.train.checkpoint) is a torch.distributed.checkpoint (DCP) of the
-*trainable* weights and the optimizer state. Frozen weights are not in it: they are the run's
-base model, named in its config.yaml. So each checkpoint becomes a Source that reads a tensor
-from the DCP when the run trained it and from the base otherwise; LoRA checkpoints hold A and
-B, folded into the base weight as W + s·BA (averaging the products, not A and B separately,
+*trainable* weights and the optimizer state, read through its JSON index (never the pickled
+``.metadata``, which could run code planted in it). Frozen weights are not in it: they are the
+run's base model, named in its config.yaml. So each checkpoint becomes a Source that reads a
+tensor from the DCP when the run trained it and from the base otherwise; LoRA checkpoints hold
+A and B, folded into the base weight as W + s·BA (averaging the products, not A and B separately,
 because the update is bilinear in them).
 """
 
@@ -19,9 +20,9 @@ import yaml
 
 from strop.errors import StropError
 from strop.merge.io import SafetensorsDir, TensorInfo
+from strop.train.checkpoint import MARKER, JsonIndexReader, read_index
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
-MARKER = "COMMITTED"  # strop.train.checkpoint.MARKER; not imported to keep merge off train/
 _LORA_DCP = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.[^.]+\.weight$")
 FULL_WEIGHT_METHODS = ("full", "freeze", "bitfit")
 
@@ -36,7 +37,12 @@ def run_method(run_dir: Path) -> dict:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise StropError(f"{run_dir}: not a strop run dir (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StropError(f"{cfg_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise StropError(f"{cfg_path}: not a strop run config (a mapping)")
     return cfg
 
 
@@ -44,10 +50,8 @@ class CheckpointSource:
     """One DCP checkpoint of a run, seen as a full model over the run's base weights."""
 
     def __init__(self, ckpt: Path, base: SafetensorsDir, method: dict, label: str) -> None:
-        from torch.distributed.checkpoint import FileSystemReader
-
         self.ckpt, self.base, self.label = ckpt, base, label
-        meta = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+        meta = read_index(ckpt).state_dict_metadata
         keys = [k for k in meta if k.startswith("model.")]
         name = method.get("name", "full")
         self._full: dict[str, str] = {}
@@ -84,7 +88,15 @@ class CheckpointSource:
 
         md = self._meta[key]
         t = torch.empty(md.size, dtype=md.properties.dtype)
-        dcp.load({key: t}, checkpoint_id=str(self.ckpt))  # loads this one tensor only
+        try:  # loads this one tensor only
+            dcp.load({key: t}, storage_reader=JsonIndexReader(self.ckpt))
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise StropError(
+                f"{self.label}: cannot read {key!r} from {self.ckpt} ({first})"
+            ) from None
         return t
 
     def get(self, name: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ inputs of one tensor plus its fp32 workspace (benchmarks/merge_memory.py measure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -48,6 +49,21 @@ class TensorInfo:
         return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
 
+@contextlib.contextmanager
+def open_safetensors(path: Path, label: str) -> Iterator:
+    """``safe_open``, with a damaged or truncated file as one sentence naming it (exit 2)."""
+    try:
+        f = safe_open(path, "pt")
+    except Exception as exc:  # SafetensorError, OSError
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StropError(
+            f"{label}: {path} is not a readable safetensors file ({detail}); "
+            "it may be truncated (an interrupted copy or download) or damaged"
+        ) from None
+    with f:
+        yield f
+
+
 class Source(Protocol):
     """One merge input, tensor by tensor."""
 
@@ -65,8 +81,13 @@ class SafetensorsDir:
         self.path, self.label = Path(path), label
         index = self.path / "model.safetensors.index.json"
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                files = sorted(set(weight_map.values()))
+                if any(not isinstance(f, str) or Path(f).name != f for f in files):
+                    raise ValueError("a shard is named by a path, not a file name in the dir")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise StropError(f"{label}: {index} is not a safetensors index ({exc})") from None
         elif (self.path / "model.safetensors").exists():
             files = ["model.safetensors"]
         else:
@@ -80,7 +101,7 @@ class SafetensorsDir:
             f_path = self.path / fname
             if not f_path.exists():
                 raise StropError(f"{label}: shard {f_path} listed in the index is missing")
-            with safe_open(f_path, "pt") as f:
+            with open_safetensors(f_path, label) as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
                     sl = f.get_slice(key)
                     dtype = ST_DTYPES.get(sl.get_dtype())
@@ -97,7 +118,7 @@ class SafetensorsDir:
 
     def get(self, name: str) -> torch.Tensor:
         # Open per tensor: a mapping kept open would keep every page read so far resident.
-        with safe_open(self._file[name], "pt") as f:
+        with open_safetensors(self._file[name], self.label) as f:
             return f.get_tensor(name)
 
     def files(self) -> list[Path]:
@@ -142,7 +163,7 @@ class LoraSource:
         self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out"))
         self._adapter_file = adapter_dir / "adapter_model.safetensors"
         pairs: dict[str, dict[str, str]] = {}
-        with safe_open(self._adapter_file, "pt") as f:
+        with open_safetensors(self._adapter_file, label) as f:
             for key in f.keys():  # noqa: SIM118
                 m = _LORA_KEY.match(key)
                 if m is None:
@@ -172,7 +193,7 @@ class LoraSource:
         if name not in self._pairs:
             return w
         a_key, b_key, scale = self._pairs[name]
-        with safe_open(self._adapter_file, "pt") as f:
+        with open_safetensors(self._adapter_file, self.label) as f:
             a, b = f.get_tensor(a_key).float(), f.get_tensor(b_key).float()
         delta = (b @ a) * scale
         if self.fan_in_fan_out:
@@ -252,6 +273,13 @@ class ShardWriter:
         self._shard = i
         self._fh = open(self.out_dir / self.files[i], "wb")  # noqa: SIM115 - closed in close()
         self._fh.write(_header(self.shards[i]))
+
+    def abort(self) -> None:
+        """Drop the open shard after a failure (its buffered bytes may no longer fit)."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
 
     def close(self) -> None:
         if next(self._order, None) is not None:

@@ -20,6 +20,7 @@ from strop.merge.inputs import Input, chat_template, open_input, sha256, vocab_m
 from strop.merge.io import ShardWriter, Source, StateDictSource, TensorInfo
 from strop.merge.methods import MERGE_METHODS, MergeMethod
 from strop.merge.params import ParamResolver
+from strop.train.artifacts import atomic_dir
 
 OUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -247,10 +248,10 @@ def _save_tokenizer(src: Path, out: Path) -> None:
     # AutoTokenizer as saved, not strop's load_tokenizer: that one fills in a pad token.
     from transformers import AutoTokenizer
 
-    from strop.models.load import quiet_transformers
+    from strop.quiet import quiet_transformers
 
     quiet_transformers()
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src, trust_remote_code=False).save_pretrained(out)
 
 
 def run_merge(cfg: MergeConfig, log: Callable[[str], None] = print) -> Path:
@@ -273,28 +274,24 @@ def run_merge(cfg: MergeConfig, log: Callable[[str], None] = print) -> Path:
             for n in names
         ]
         resolver = ParamResolver(cfg, n_layers_of(inputs[0].model_dir))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with atomic_dir(out, sum(info.nbytes for _, info in plan) + (1 << 20)) as work:
             writer = ShardWriter(work, plan, cfg.output.shard_size)
             sources = [i.source for i in inputs]
             stream = merged_tensors(method, sources, base.source if base else None, names, resolver)
-            for k, (name, tensor, first_dtype) in enumerate(stream):
-                writer.write(name, tensor.to(_out_dtype(cfg, first_dtype)))
-                del tensor  # before the next tensor's inputs are read
-                if (k + 1) % 50 == 0:
-                    log(f"  {k + 1}/{len(names)} tensors")
-            writer.close()
+            try:
+                for k, (name, tensor, first_dtype) in enumerate(stream):
+                    writer.write(name, tensor.to(_out_dtype(cfg, first_dtype)))
+                    del tensor  # before the next tensor's inputs are read
+                    if (k + 1) % 50 == 0:
+                        log(f"  {k + 1}/{len(names)} tensors")
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
             _write_config(inputs[0].model_dir, work, cfg.output.dtype)
             _save_tokenizer(tok.tokenizer_dir, work)
             manifest = _manifest(cfg, inputs, base, tok, work, writer, time.perf_counter() - start)
             (work / "merge_manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            work.rename(out)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
     finally:
         for holder in tmp:
             holder.cleanup()

@@ -21,6 +21,7 @@ from strop.config.load import read_yaml_tree
 from strop.errors import StropError
 from strop.eval.config import EvalConfig, ModelSpec, TaskSpec
 from strop.merge.config import MergeConfig, SearchSection, set_dotted, validate_merge_tree
+from strop.train.artifacts import atomic_dir
 
 
 @dataclass
@@ -132,16 +133,17 @@ def run_search(
     pick = max if search.mode == "max" else min
     best = pick(rows, key=lambda r: r["objective"])  # first of equals: the earlier candidate
     best_src = work / f"candidate-{best['candidate']:03d}"
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(best_src, out) if search.keep_candidates else best_src.rename(out)
+    size = sum(f.stat().st_size for f in best_src.iterdir() if f.is_file())
+    with atomic_dir(out, size + (1 << 20)) as tmp:  # out holds a complete result or nothing
+        tmp.rmdir()
+        shutil.copytree(best_src, tmp) if search.keep_candidates else best_src.rename(tmp)
+        report = {"objective": search.objective, "mode": search.mode, "best": best, "rows": rows}
+        (tmp / "search.json").write_text(json.dumps(report, indent=1) + "\n")
+        (tmp / "search.md").write_text(render_table(search, rows, best))
+        plot_search(tmp / "search.png", search, rows, best)
     if not search.keep_candidates:
         shutil.rmtree(work, ignore_errors=True)
     md, js, png = out / "search.md", out / "search.json", out / "search.png"
-    report = {"objective": search.objective, "mode": search.mode, "best": best, "rows": rows}
-    js.write_text(json.dumps(report, indent=1) + "\n")
-    md.write_text(render_table(search, rows, best))
-    plot_search(png, search, rows, best)
     return SearchResult(out, best, rows, md, js, png)
 
 

@@ -1,14 +1,54 @@
 """What a finished run leaves behind: final/ (PEFT adapter or HF model + tokenizer),
-optionally final-merged/, a loss-curve PNG and report.md."""
+optionally final-merged/, a loss-curve PNG and report.md.
+
+Model dirs are written under a hidden temporary name beside their final one and renamed once
+complete (:func:`atomic_dir`), so a crash or a full disk never leaves a half-written final/
+(e.g. config.json alone) for peft, transformers or `strop merge` to trip over."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from strop.errors import StropRuntimeError, disk_full
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, needed_bytes: int | None = None) -> Iterator[Path]:
+    """Yield an empty temporary dir beside ``out``; once the block finishes, it replaces
+    ``out`` (an old ``out`` is moved aside first and removed last). On failure the temporary
+    dir is removed, ``out`` is untouched, and a full disk becomes one StropRuntimeError."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException as exc:
+        err = disk_full(exc, out, needed_bytes)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err is None:
+            raise
+        raise StropRuntimeError(f"writing {out}: {err}") from None
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of a state dict's (or a module's parameters') tensors: what writing them needs."""
+    items = tensors.values() if isinstance(tensors, dict) else tensors
+    return sum(t.numel() * t.element_size() for t in items)
 
 
 def full_state_dict(objective: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
@@ -21,9 +61,29 @@ def full_state_dict(objective: nn.Module, prefix: str = "model.") -> dict[str, t
 
 
 def save_final(
+    model: nn.Module,
+    state: dict,
+    tokenizer,
+    out: Path,
+    is_adapter: bool,
+    base_dir: Path,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Write final/ atomically; ``extra`` adds safetensors files beside the weights (file name
+    -> tensors, e.g. PPO's ``value_head.safetensors``)."""
+    from safetensors.torch import save_file
+
+    extra = {name: tensors for name, tensors in (extra or {}).items() if tensors}
+    needed = tensor_bytes(state) + sum(tensor_bytes(t) for t in extra.values()) + (1 << 20)
+    with atomic_dir(out, needed) as tmp:
+        _write_model(model, state, tokenizer, tmp, is_adapter, base_dir)
+        for name, tensors in extra.items():
+            save_file(tensors, tmp / name)
+
+
+def _write_model(
     model: nn.Module, state: dict, tokenizer, out: Path, is_adapter: bool, base_dir: Path
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     if is_adapter and hasattr(model, "strop_adapter"):  # bottleneck adapters: strop's format
         from strop.models import bottleneck
 
@@ -42,8 +102,10 @@ def save_merged(model: nn.Module, tokenizer, out: Path) -> None:
     """Fold an adapter (LoRA, DoRA, IA3) into the base weights and write a plain HF dir."""
     # QLoRA hands over a model it already merged (into its dequantised base).
     merged = model.merge_and_unload(safe_merge=True) if hasattr(model, "peft_config") else model
-    merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    needed = tensor_bytes(merged.state_dict()) + (1 << 20)
+    with atomic_dir(out, needed) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 # Per-step metrics worth a second panel, by the objective that logs them.

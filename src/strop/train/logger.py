@@ -1,11 +1,14 @@
 """Metrics to console (progress bar with rate and ETA), metrics.jsonl and TensorBoard.
 
-Only rank 0 logs; other ranks get a logger whose methods do nothing.
+Only rank 0 logs; other ranks get a logger whose methods do nothing. A run resumed at step S
+first drops the rows the interrupted run logged after S (they are logged again), so
+metrics.jsonl reads as one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from strop.errors import StropRuntimeError, disk_full
 
 
 class MetricsLogger:
@@ -33,13 +38,18 @@ class MetricsLogger:
     ):
         self.enabled = enabled
         self.console = Console(stderr=True)
-        self._file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
+        self.path = run_dir / "metrics.jsonl"
+        # Rows at the resume step itself stay; one the resumed run logs again replaces them.
+        self._step_rows = truncate_after(self.path, start_step) if enabled else []
+        self._file = open(self.path, "a") if enabled else None  # noqa: SIM115
         self._tb = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                # Events after the resume step are dropped too (logged again).
+                purge = {"purge_step": start_step + 1} if start_step else {}
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"), **purge)
             except ImportError:  # tensorboard is optional at run time
                 self._tb = None
         self._progress = None
@@ -72,8 +82,20 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if record["step"] == self._start_step and any(
+            r.keys() == record.keys() for r in self._step_rows
+        ):  # e.g. the final eval of a run that was stopped after logging it
+            self._file.close()
+            truncate_after(self.path, self._start_step - 1, keep=self._step_rows, drop=record)
+            self._step_rows = [r for r in self._step_rows if r.keys() != record.keys()]
+            self._file = open(self.path, "a")  # noqa: SIM115
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise StropRuntimeError(
+                f"writing {self.path}: {disk_full(exc, self.path) or exc}"
+            ) from None
         if self._lines:
             self.console.print(self._plain_line(record), highlight=False)
         if self._tb is not None:
@@ -123,3 +145,37 @@ class MetricsLogger:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def truncate_after(
+    path: Path, step: int, keep: list[dict] | None = None, drop: dict | None = None
+) -> list[dict]:
+    """Rewrite ``path`` (atomically) without rows past ``step`` and without a half-written last
+    line; ``keep`` adds back rows of step + 1, less those with ``drop``'s keys. Returns the rows
+    at ``step``."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    kept, at_step = [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line of a killed run, cut mid-write
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        if row["step"] <= step:
+            kept.append(line)
+            at_step += [row] if row["step"] == step else []
+    for row in keep or []:
+        if drop is None or row.keys() != drop.keys():
+            kept.append(json.dumps(row))
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StropRuntimeError(f"writing {path}: {disk_full(exc, path) or exc}") from None
+    return at_step
