@@ -264,3 +264,30 @@ def test_state_dict_round_trips_through_json_exactly():
     assert join_tensors(tree, tensors, Path(".")) == state
     with pytest.raises(StropError, match="which this model or optimizer lacks"):
         join_tensors(tree, {}, Path("ckpt"))
+
+
+def test_a_truncated_merge_input_is_one_sentence_exit_2(tiny_llama_dir, tmp_path):
+    """An interrupted copy: the CLI names the file, exit 2, no traceback (issue 18.10)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_llama_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    cfg = tmp_path / "merge.yaml"
+    tree = {"method": "linear", "models": [str(tiny_llama_dir), str(cut)]}
+    cfg.write_text(yaml.safe_dump({**tree, "output": {"dir": str(tmp_path / "out")}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "strop.cli", "merge", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("strop: error: "))
+    assert f"{weights} is not a readable safetensors file" in line and "truncated" in line
+    assert not (tmp_path / "out").exists()
