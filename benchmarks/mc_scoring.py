@@ -3,9 +3,9 @@
 Builds MMLU-shaped questions in code (seeded; k-shot prompts from generated dev questions, four
 choices), turns them into (context, continuation) token pairs exactly as ``strop eval`` does,
 and times three scorers on the same pairs:
-  strop        multiple_choice.continuation_logprobs: each question's prompt encoded once,
+  strop        loglik.continuation_logprobs: each question's prompt encoded once,
                the choices' later tokens on its KV cache, logits only where read
-  per-choice   multiple_choice.per_choice_logprobs: the same batching, one padded row per
+  per-choice   loglik.per_choice_logprobs: the same batching, one padded row per
                (question, choice) -- the scorer strop had before
   naive        one forward of prompt + choice per (question, choice), batch 1, full logits
 Prints questions/s and the speed-up over each, checks all three agree (max |diff| of the
@@ -24,14 +24,8 @@ from pathlib import Path
 
 import torch
 
-from strop.eval.multiple_choice import (
-    MCExample,
-    build_prompt,
-    continuation,
-    continuation_logprobs,
-    per_choice_logprobs,
-    split_ids,
-)
+from strop.eval.loglik import continuation_logprobs, per_choice_logprobs, split_ids
+from strop.eval.multiple_choice import MCExample, build_prompt, continuation
 
 WORDS = [
     "river",

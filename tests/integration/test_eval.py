@@ -134,7 +134,7 @@ def test_perplexity_equals_direct_causal_lm_sums(evaluated):
         ({"seeed": 1}, "unknown key 'seeed'; did you mean 'seed'?"),
         (
             {"tasks": [{"name": "t", "type": "perplexity", "data": "D", "limt": 3}]},
-            "'tasks.0.limt'",
+            "tasks.0 (perplexity): unknown key 'limt'; did you mean 'limit'?",
         ),
         ({"models": {"m": {"model": "tiny-llama", "adaptr": "x"}}}, "'models.m.adaptr'"),
         ({"baseline": "nope"}, "baseline: 'nope' is not one of the models"),
@@ -179,7 +179,9 @@ def test_cli_writes_report_and_exits_2_on_bad_key(tmp_path, tiny_llama_dir):
     assert "| chat | exact_match |" in ok.stdout
     bad = _cli("cfg.yaml", "tasks.chat.max_new_tokenz=2", cwd=tmp_path)
     assert bad.returncode == 2
-    assert "cfg.yaml: unknown key 'tasks.0.max_new_tokenz'; did you mean" in bad.stderr
+    assert (
+        "cfg.yaml: tasks.0 (generation): unknown key 'max_new_tokenz'; did you mean" in bad.stderr
+    )
     assert "Traceback" not in bad.stderr
 
 

@@ -69,12 +69,13 @@ def test_classification_loglik_identical_for_batch_1_8_32(tiny):
 def test_perplexity_per_example_losses_match_padded_batches(tmp_path, tiny, bs):
     from strop.data.batching import collate, unpacked
     from strop.data.render import tokenize_records
-    from strop.eval.tasks import load_examples, run_perplexity
+    from strop.eval.perplexity import run_perplexity
+    from strop.eval.tasks import load_examples
     from tests.helpers import write_chat_jsonl
 
     model, tok = tiny
     data = write_chat_jsonl(tmp_path / "c.jsonl", n=32, seed=9)
-    task = _task(data, type="perplexity", batch_size=bs)
+    task = _task(data, type="perplexity")  # one example per forward: no batch size
     records = load_examples(task)
     got = run_perplexity(model, tok, task, records, 0).metrics["loss"]
     samples, _, _ = tokenize_records(

@@ -99,8 +99,8 @@ def test_generation_classification_takes_the_first_label(tmp_path, tiny_llama_di
         ({"labels": ["a", "a"]}, "labels: labels must be non-empty and distinct"),
         ({"prompt": "no slot"}, "prompt: must contain {text}"),
         ({"prompt": "{text} {other}"}, "prompt: only {text} may appear in braces"),
-        ({"predict": "vote"}, "tasks.0.predict"),
-        ({"metrics": ["exact_match"]}, "metrics: classification tasks always report"),
+        ({"predict": "vote"}, "tasks.0 (classification): predict:"),
+        ({"metrics": ["exact_match"]}, "unknown key 'metrics' (generation tasks only)"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, task, needle):
@@ -114,7 +114,7 @@ def test_classification_keys_rejected_elsewhere_and_bad_rows(tmp_path):
         "models": {"m": "tiny-llama"},
         "tasks": [{"name": "p", "type": "perplexity", "data": str(DATA), "labels": ["a", "b"]}],
     }
-    with pytest.raises(StropError, match="labels: classification tasks only"):
+    with pytest.raises(StropError, match=r"unknown key 'labels' \(classification tasks only"):
         load_eval_config(None, [], raw=raw)
     from strop.eval.classification import load_classification_examples
 

@@ -86,7 +86,7 @@ def test_n_samples_and_pass_at_k(tmp_path, tiny_llama_dir):
 
 
 def tm_f1(pred, ref):
-    from strop.eval.tasks import token_f1
+    from strop.eval.generation import token_f1
 
     return token_f1(pred, ref)
 
@@ -99,8 +99,8 @@ def tm_f1(pred, ref):
         ({"pass_check": "regex"}, "pass_pattern: pass_check regex needs a pattern"),
         ({"pass_check": "regex", "pass_pattern": "("}, "pass_pattern: not a valid regex"),
         ({"pass_pattern": "x"}, "pass_pattern: only used with pass_check: regex"),
-        ({"metrics": ["rouge", "bleuu"]}, "tasks.0.metrics.1"),
-        ({"bleu_tokenize": "zhh"}, "tasks.0.bleu_tokenize"),
+        ({"metrics": ["rouge", "bleuu"]}, "tasks.0 (generation): metrics.1:"),
+        ({"bleu_tokenize": "zhh"}, "tasks.0 (generation): bleu_tokenize:"),
     ],
 )
 def test_generation_config_errors_name_the_key(tmp_path, task, needle):
@@ -120,5 +120,6 @@ def test_generation_keys_rejected_on_other_types(tmp_path):
         "models": {"m": "tiny-llama"},
         "tasks": [{"name": "p", "type": "perplexity", "data": str(data), "n_samples": 2}],
     }
-    with pytest.raises(StropError, match="tasks.0: task 'p': n_samples: generation tasks only"):
+    msg = r"tasks.0 \(perplexity\): task 'p': unknown key 'n_samples' \(generation tasks only\)"
+    with pytest.raises(StropError, match=msg):
         load_eval_config(None, [], raw=raw)

@@ -11,13 +11,8 @@ import torch
 
 from strop.errors import StropError
 from strop.eval.config import load_eval_config
-from strop.eval.multiple_choice import (
-    build_prompt,
-    continuation_logprobs,
-    load_mc_file,
-    pick_shots,
-    score_choices,
-)
+from strop.eval.loglik import continuation_logprobs
+from strop.eval.multiple_choice import build_prompt, load_mc_file, pick_shots, score_choices
 from strop.eval.runner import run_eval
 
 ROWS = [

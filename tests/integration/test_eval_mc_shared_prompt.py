@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from strop.eval.multiple_choice import continuation_logprobs, per_choice_logprobs
+from strop.eval.loglik import continuation_logprobs, per_choice_logprobs
 
 
 def naive(model, pairs) -> list[float]:
@@ -64,7 +64,7 @@ def test_shared_prompt_scores_equal_naive_loop(tiny, batch_size):
 
 
 def test_greedy_flags(tiny):
-    from strop.eval.multiple_choice import _per_choice_scores, continuation_scores
+    from strop.eval.loglik import _per_choice_scores, continuation_scores
 
     model, _ = tiny
     ctx = list(range(10, 30))

@@ -110,7 +110,7 @@ def test_reward_errors(setup, tmp_path):
     with pytest.raises(StropError, match="tasks.0.reward_model: not a directory: nope"):
         load_eval_config(None, [], raw=raw)
     raw["tasks"] = [{"name": "p", "type": "perplexity", "data": str(pairs), "reward_model": "x"}]
-    with pytest.raises(StropError, match="reward_model: reward tasks only"):
+    with pytest.raises(StropError, match=r"unknown key 'reward_model' \(reward tasks only"):
         load_eval_config(None, [], raw=raw)
     # a causal LM column where a reward model is needed: one clear error
     raw["tasks"] = [{"name": "rw", "type": "reward", "data": str(pairs)}]

@@ -52,7 +52,8 @@ def test_tasks_run_during_training_and_match_strop_eval_on_the_saved_model(tmp_p
     ("task", "message"),
     [
         ({"name": "j", "type": "judge", "data": "x.jsonl"}, "train.eval_tasks.0: type 'judge' is not run during training"),
-        ({"name": "p", "type": "perplexity", "data": "x.jsonl", "limt": 3}, "train.eval_tasks.0: unknown key 'limt'"),
+        ({"name": "p", "type": "perplexity", "data": "x.jsonl", "limt": 3}, "train.eval_tasks.0: unknown key 'limt'; did you mean 'limit'"),
+        ({"name": "p", "type": "perplexity", "data": "x.jsonl", "shots": 2}, r"train.eval_tasks.0: task 'p': unknown key 'shots' \(multiple_choice tasks only\)"),
         ("ppl", "train.eval_tasks.0: Input should be a valid dictionary"),
     ],
 )  # fmt: skip

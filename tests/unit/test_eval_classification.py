@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strop.eval.classification import auc, first_label, macro_f1, micro_f1, softmax
+from strop.eval.classification import first_label, softmax
+from strop.eval.reducers import auc, macro_f1, micro_f1
 from strop.eval.stats import paired_bootstrap, reduce_stats
 
 

@@ -105,9 +105,9 @@ def test_format_and_errors(tmp_path):
         ({"recall_at": [0]}, "recall_at: give one or more k >= 1"),
         ({"recall_at": [1, 1]}, "recall_at: duplicate k"),
         ({"embedder": "bert"}, "embedder"),
-        ({"metrics": ["exact_match"]}, "metrics: retrieval tasks always report"),
-        ({"labels": ["a", "b"]}, "labels: classification tasks only"),
-        ({"kind": "text"}, "kind: retrieval reads its own JSONL format"),
+        ({"metrics": ["exact_match"]}, r"unknown key 'metrics' \(generation tasks only"),
+        ({"labels": ["a", "b"]}, r"unknown key 'labels' \(classification tasks only"),
+        ({"kind": "text"}, r"unknown key 'kind' \(perplexity tasks only"),
     ],
 )
 def test_config_errors(tmp_path, extra, message):
@@ -127,5 +127,5 @@ def test_corpus_is_required_and_checked(tmp_path):
         "models": {"m": "tiny-llama"},
         "tasks": [{"name": "g", "type": "generation", "data": str(queries), "corpus": "x"}],
     }
-    with pytest.raises(StropError, match="corpus: retrieval tasks only"):
+    with pytest.raises(StropError, match=r"task 'g': unknown key 'corpus' \(retrieval tasks only"):
         load_eval_config(None, [], raw=raw)

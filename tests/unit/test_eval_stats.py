@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from strop.eval.generation import exact_match, token_f1
 from strop.eval.stats import aggregate, paired_bootstrap
-from strop.eval.tasks import exact_match, token_f1
 
 
 def test_identical_columns_give_zero_delta_and_zero_ci():

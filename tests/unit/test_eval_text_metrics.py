@@ -135,10 +135,10 @@ def test_corpus_bootstrap_resamples_statistics():
 
 
 def test_score_generations_means_sentence_metrics_and_pools_corpus_statistics():
-    from strop.eval.config import TaskSpec
-    from strop.eval.tasks import score_generations
+    from strop.eval.config import GenerationTask
+    from strop.eval.generation import score_generations
 
-    task = TaskSpec(
+    task = GenerationTask(
         name="g", type="generation", data="x", metrics=["rouge", "bleu", "chrf"],
         temperature=1.0, n_samples=2, pass_at_k=[1, 2],
     )  # fmt: skip

@@ -10,10 +10,11 @@ import copy
 import difflib
 from pathlib import Path
 from types import UnionType
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from strop.config.schema import PACKING_STAGES, STAGE_SECTIONS, Config
 from strop.errors import StropError
@@ -67,17 +68,33 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+def _tag_field(ann) -> str | None:
+    """The field a tagged union picks its member by (``method``: ``name``; an eval task:
+    ``type``): the ``discriminator`` of its ``Annotated[..., Field(discriminator=...)]``."""
+    if get_origin(ann) is not Annotated:
+        return None
+    found = (getattr(meta, "discriminator", None) for meta in get_args(ann)[1:])
+    return next((d for d in found if isinstance(d, str)), None)
+
+
+def _field_type(field: FieldInfo):
+    """A field's annotation, still carrying its tag field: pydantic moves the ``Field`` of an
+    annotated union field (``method: Method``) into the FieldInfo, so put it back."""
+    if isinstance(field.discriminator, str):
+        return Annotated[field.annotation, field]
+    return field.annotation
+
+
 def _tagged_union(ann) -> dict[str, type[BaseModel]] | None:
-    """{tag: member} for a union discriminated by a Literal field (``method``), else None."""
-    if get_origin(ann) is not None and get_origin(ann).__name__ == "Annotated":
-        ann = get_args(ann)[0]
-    if get_origin(ann) not in (Union, UnionType):
+    """{tag: member} for a union discriminated by a Literal field, else None."""
+    field = _tag_field(ann)
+    if field is None or get_origin(get_args(ann)[0]) not in (Union, UnionType):
         return None
     members = {}
-    for a in get_args(ann):
-        if not (isinstance(a, type) and issubclass(a, BaseModel)) or "name" not in a.model_fields:
+    for a in get_args(get_args(ann)[0]):
+        if not (isinstance(a, type) and issubclass(a, BaseModel)) or field not in a.model_fields:
             return None
-        for tag in get_args(a.model_fields["name"].annotation):
+        for tag in get_args(a.model_fields[field].annotation):
             members[tag] = a
     return members or None
 
@@ -86,7 +103,7 @@ def _as_model(ann) -> type[BaseModel] | None:
     """The pydantic model an annotation names, directly or as a member of a union."""
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
-    if get_origin(ann) is not None and get_origin(ann).__name__ == "Annotated":
+    if get_origin(ann) is Annotated:
         return _as_model(get_args(ann)[0])
     if get_origin(ann) in (Union, UnionType):
         return next((m for a in get_args(ann) if (m := _as_model(a))), None)
@@ -107,18 +124,15 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             field = section.model_fields.get(str(part))
             if field is None:
                 return []
-            node = field.annotation
+            node = _field_type(field)
         else:  # list[X] / dict[K, X]: this part is an index or a key
             args = get_args(node)
             if not args:
                 return []
             node = args[-1]
     section = _as_model(node)
-    return (
-        [k for k in section.model_fields if k != "name" or _tagged_union(node) is None]
-        if (section)
-        else []
-    )
+    tag = _tag_field(node) if _tagged_union(node) else None
+    return [k for k in section.model_fields if k != tag] if section else []
 
 
 def _split_at_tag(model: type[BaseModel], loc: tuple) -> tuple[tuple, str | None, tuple]:
@@ -134,7 +148,7 @@ def _split_at_tag(model: type[BaseModel], loc: tuple) -> tuple[tuple, str | None
             args = get_args(node)
             node = args[-1] if args else None
             continue
-        node = section.model_fields[str(part)].annotation
+        node = _field_type(section.model_fields[str(part)])
     return loc, None, ()
 
 
@@ -157,14 +171,17 @@ def _problem(err: dict, model: type[BaseModel]) -> tuple[str, str]:
     outer, tag, inner = _split_at_tag(model, loc)
     key = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        tags = list(_tagged_union(_annotation_at(model, loc)) or {})
+        union = _annotation_at(model, loc)
+        tags, field = list(_tagged_union(union) or {}), _tag_field(union) or "name"
         got = (err.get("ctx") or {}).get("tag")
-        where = ".".join(map(str, (*loc, "name")))
+        where = ".".join(map(str, (*loc, field)))
         if got is None or err["type"] == "union_tag_not_found":
             return where, f"{where}: required (one of {', '.join(tags)})"
         close = closest(str(got), tags)
         hint = f"; did you mean {close!r}?" if close else ""
-        return where, f"{where}: unknown {loc[-1]} {got!r} (known: {', '.join(tags)}){hint}"
+        # "unknown method 'x'" for a section; "unknown type 'x'" for an item of a list
+        what = loc[-1] if loc and isinstance(loc[-1], str) else field
+        return where, f"{where}: unknown {what} {got!r} (known: {', '.join(tags)}){hint}"
     if tag is not None:  # inside a tagged union: "method (lora): unknown key 'rank'"
         prefix = ".".join(map(str, outer))
         sub = dict(err, loc=inner)
@@ -188,7 +205,7 @@ def _annotation_at(model: type[BaseModel], loc: tuple):
     node: Any = model
     for part in loc:
         section = _as_model(node)
-        node = section.model_fields[str(part)].annotation if section else get_args(node)[-1]
+        node = _field_type(section.model_fields[str(part)]) if section else get_args(node)[-1]
     return node
 
 

@@ -1,7 +1,7 @@
 """The ``classification`` eval task: pick one label from a fixed set.
 
 ``predict: loglik`` scores each label as a continuation of the prompt with the multiple-choice
-scorer (``multiple_choice.continuation_logprobs``: the sum of the label's token log-probs) and
+scorer (``loglik.continuation_logprobs``: the sum of the label's token log-probs) and
 predicts the argmax; a softmax over the labels' log-likelihoods gives the class probabilities
 behind AUC. ``predict: generation`` generates an answer and takes the label that occurs first
 in it (case-insensitive; at equal start the longer label, so "very good" beats "good"); an
@@ -11,7 +11,8 @@ Metrics (scikit-learn): accuracy, macro F1 (mean of per-label F1, labels absent 
 and predictions count 0), micro F1 (over the label set; equals accuracy unless some answer
 named no label) and, with ``loglik``, one-vs-rest macro AUC (binary: the AUC of the second
 label's probability). F1 and AUC are not means of per-example scores, so each example carries
-[gold, predicted, p_0 .. p_L-1] and the bootstrap recomputes them on every resample.
+[gold, predicted, p_0 .. p_L-1] and the bootstrap recomputes them on every resample (the
+metrics themselves are ``strop.eval.reducers``').
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from strop.errors import StropError
+from strop.eval.config import ClassificationTask
+from strop.eval.generation import generation_params
+from strop.eval.loglik import continuation_logprobs, render_context, split_ids
+from strop.eval.reducers import split_label_stats
+from strop.eval.scores import MetricScores, TaskOutput
+from strop.infer import generate
 
 
 @dataclass
@@ -53,7 +60,7 @@ def _rows(path: Path):
                 raise StropError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
 
 
-def load_classification_examples(task) -> list[ClassExample]:
+def load_classification_examples(task: ClassificationTask) -> list[ClassExample]:
     """Rows with ``text`` and ``label`` (one of ``task.labels``), from JSONL or CSV."""
     out = []
     for path in [task.data] if isinstance(task.data, str) else task.data:
@@ -75,10 +82,10 @@ def load_classification_examples(task) -> list[ClassExample]:
 # -- predicting ---------------------------------------------------------------------------------
 
 
-def label_logliks(model, tokenizer, task, examples: list[ClassExample]) -> list[list[float]]:
+def label_logliks(
+    model, tokenizer, task: ClassificationTask, examples: list[ClassExample]
+) -> list[list[float]]:
     """Log-likelihood of every label as the continuation of each example's prompt."""
-    from strop.eval.multiple_choice import continuation_logprobs, render_context, split_ids
-
     chat = bool(task.chat_template)
     pairs = []
     for ex in examples:
@@ -108,61 +115,9 @@ def softmax(row: list[float]) -> list[float]:
     return [x / sum(e) for x in e]
 
 
-# -- metrics (scikit-learn) ---------------------------------------------------------------------
-
-
-def _split(stats: np.ndarray):
-    return stats[:, 0].astype(int), stats[:, 1].astype(int), stats[:, 2:]
-
-
-def macro_f1(stats: np.ndarray, weights: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    gold, pred, probs = _split(stats)
-    labels = list(range(probs.shape[1]))
-    return float(
-        f1_score(gold, pred, labels=labels, average="macro", sample_weight=weights, zero_division=0)
-    )
-
-
-def micro_f1(stats: np.ndarray, weights: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    gold, pred, probs = _split(stats)
-    labels = list(range(probs.shape[1]))
-    return float(
-        f1_score(gold, pred, labels=labels, average="micro", sample_weight=weights, zero_division=0)
-    )
-
-
-def auc(stats: np.ndarray, weights: np.ndarray) -> float:
-    """One-vs-rest macro ROC AUC; NaN when a label never occurs (AUC is undefined)."""
-    from sklearn.metrics import roc_auc_score
-
-    gold, _, probs = _split(stats)
-    present = np.unique(gold[weights > 0])
-    if len(present) < probs.shape[1]:
-        return math.nan
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(gold, probs[:, 1], sample_weight=weights))
-    return float(
-        roc_auc_score(
-            gold,
-            probs,
-            multi_class="ovr",
-            average="macro",
-            labels=list(range(probs.shape[1])),
-            sample_weight=weights,
-        )
-    )
-
-
-CLASSIFICATION_REDUCERS = {"macro_f1": macro_f1, "micro_f1": micro_f1, "auc": auc}
-
-
-def run_classification(model, tokenizer, task, examples: list[ClassExample], seed: int):
-    from strop.eval.tasks import MetricScores, TaskOutput
-
+def run_classification(
+    model, tokenizer, task: ClassificationTask, examples: list[ClassExample], seed: int
+) -> TaskOutput:
     n_labels = len(task.labels)
     if task.predict == "loglik":
         lls = label_logliks(model, tokenizer, task, examples)
@@ -170,9 +125,7 @@ def run_classification(model, tokenizer, task, examples: list[ClassExample], see
         preds = [max(range(n_labels), key=row.__getitem__) for row in lls]
         answers = None
     else:
-        from strop.infer import generate
-
-        params = task.generation_params(seed)
+        params = generation_params(task, seed)
         answers = generate(
             model, tokenizer, [task.prompt.format(text=ex.text) for ex in examples], params
         )
@@ -203,11 +156,11 @@ def run_classification(model, tokenizer, task, examples: list[ClassExample], see
     return TaskOutput(metrics, predictions, breakdown={"per_label": per_label(task, stats)})
 
 
-def per_label(task, stats: list[list[float]]) -> dict:
+def per_label(task: ClassificationTask, stats: list[list[float]]) -> dict:
     """Precision, recall, F1 and support of each label (scikit-learn)."""
-    from sklearn.metrics import precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support  # > 1 s to import
 
-    gold, pred, _ = _split(np.asarray(stats))
+    gold, pred, _ = split_label_stats(np.asarray(stats))
     p, r, f, n = precision_recall_fscore_support(
         gold, pred, labels=list(range(len(task.labels))), zero_division=0
     )

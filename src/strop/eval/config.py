@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from strop.config.load import apply_override, read_yaml_tree, validate_tree
 from strop.config.schema import Section
@@ -15,28 +15,7 @@ from strop.errors import StropError
 
 GENERATION_METRICS = ("exact_match", "token_f1", "json_fields", "rouge", "bleu", "chrf")
 GenerationMetric = Literal["exact_match", "token_f1", "json_fields", "rouge", "bleu", "chrf"]
-
-# Keys that belong to some task types only: setting one on another type is an error naming it.
-TYPE_KEYS: dict[str, tuple[str, ...]] = {
-    "dev": ("multiple_choice",),
-    "shots": ("multiple_choice",),
-    "score": ("multiple_choice",),
-    "chat_template": ("multiple_choice", "classification", "judge"),
-    "judge": ("judge",),
-    "judge_adapter": ("judge",),
-    "labels": ("classification",),
-    "predict": ("classification",),
-    "prompt": ("classification",),
-    "n_samples": ("generation",),
-    "pass_at_k": ("generation",),
-    "pass_check": ("generation",),
-    "pass_pattern": ("generation",),
-    "bleu_tokenize": ("generation",),
-    "reward_model": ("reward",),
-    "corpus": ("retrieval",),
-    "embedder": ("retrieval",),
-    "recall_at": ("retrieval",),
-}
+RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"]
 
 
 class ModelSpec(Section):
@@ -47,137 +26,93 @@ class ModelSpec(Section):
     dtype: str = "auto"
 
 
-class TaskSpec(Section):
+class TaskBase(Section):
+    """The keys every task has. ``type`` picks the task's class (``TaskSpec``), which holds
+    only the keys that type reads; a key of another type is refused naming the types it
+    belongs to, any other unknown key with the closest valid one."""
+
     name: str
-    type: Literal[
-        "generation",
-        "perplexity",
-        "multiple_choice",
-        "preference",
-        "classification",
-        "reward",
-        "judge",
-        "retrieval",
-    ]
+    type: str
     data: str | list[str]
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "preference"] = "auto"
-    kind: Literal["chat", "text"] = "chat"
-    """perplexity: chat (loss on the turns chosen by ``mask``) or text (loss on every token)."""
     limit: int | None = Field(None, ge=1)
     """Use only the first N examples."""
     general: bool = False
     """A general-ability task: reported in the "what was lost" section (forgetting)."""
-    metrics: list[GenerationMetric] | None = None
-    """generation only; default exact_match and token_f1."""
+
+    path_keys: ClassVar[dict[str, str]] = {}
+    """Keys naming a ``file`` or a ``dir`` that must exist (checked after validation)."""
+
+    @property
+    def model_kind(self) -> str:
+        """How each evaluated model is loaded for this task: ``lm`` (causal LM), ``reward``
+        (a stage-rm output) or ``none`` (the task does not use it)."""
+        return "lm"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_keys_of_other_types(cls, data: Any) -> Any:
+        """A key some other type reads (``shots`` on a perplexity task) is most likely on the
+        wrong task or has the wrong type: say which types take it, not "did you mean"."""
+        if not isinstance(data, dict):
+            return data
+        for key in data:
+            owners = [t for t, c in TASK_SPECS.items() if key in c.model_fields]
+            if key not in cls.model_fields and owners:
+                raise ValueError(
+                    f"task {data.get('name')!r}: unknown key {key!r} ({' / '.join(owners)} "
+                    "tasks only)"
+                )
+        return data
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> TaskBase:
+        """On ``TaskBase`` itself: any task, validated as the class its ``type`` names."""
+        if cls is TaskBase:
+            return _ANY_TASK.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+
+# Mixins of keys several types share. A task class lists them before TaskBase so that name and
+# type come first in the dumped config.
+class _Format(Section):
+    format: RecordFormat = "auto"
+    """The row format of ``data`` (any format `strop train` reads)."""
+
+
+class _Batch(Section):
+    batch_size: int = Field(8, ge=1)
+
+
+class _Length(Section):
+    max_length: int = Field(1024, ge=8)
+    """Tokens per scored sequence; longer ones are cut."""
+
+
+class Decoding(_Batch):
+    """The keys of tasks that generate answers (strop.infer; greedy at temperature 0)."""
+
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list)
-    batch_size: int = Field(8, ge=1)
-    mask: Literal["assistant", "last", "all"] = "assistant"
-    max_length: int = Field(1024, ge=8)
-    dev: str | None = None
-    """multiple_choice: file of k-shot examples (taken per subject when rows have one)."""
-    shots: int = Field(0, ge=0)
-    score: Literal["letter", "text"] = "letter"
-    """multiple_choice: score the continuation " A" (letter) or " <choice text>" (text)."""
-    chat_template: bool = False
-    """multiple_choice, classification: wrap the prompt in the model's chat template."""
-    labels: list[str] | None = None
-    """classification: the fixed label set (required)."""
-    predict: Literal["loglik", "generation"] = "loglik"
-    """classification: argmax label log-likelihood, or the first label in a generated answer."""
-    prompt: str = "{text}\nLabel:"
-    """classification: the prompt, ``{text}`` replaced by the example's text."""
-    reward_model: str | None = None
-    """reward: a stage-rm output dir scoring every model's answers; without it, every
-    evaluated model must itself be a stage-rm output, scored on the pairs."""
-    judge: str | None = None
-    """judge: the judge model (a known name, HF dir or .gguf), required."""
-    judge_adapter: str | None = None
-    """judge: a PEFT adapter dir applied to the judge."""
+
+
+class GenerationTask(Decoding, _Format, TaskBase):
+    type: Literal["generation"]
+    metrics: list[GenerationMetric] = Field(default_factory=lambda: ["exact_match", "token_f1"])
     n_samples: int = Field(1, ge=1)
-    """generation: completions sampled per prompt (> 1 needs temperature > 0)."""
+    """Completions sampled per prompt (> 1 needs temperature > 0)."""
     pass_at_k: list[int] | None = None
-    """generation: report pass@k for these k (each <= n_samples)."""
+    """Report pass@k for these k (each <= n_samples)."""
     pass_check: Literal["exact_match", "json_valid", "regex"] = "exact_match"
-    """generation: when a sample counts as correct for pass@k."""
+    """When a sample counts as correct for pass@k."""
     pass_pattern: str | None = None
-    """generation: the regular expression for ``pass_check: regex`` (re.search)."""
+    """The regular expression for ``pass_check: regex`` (re.search)."""
     bleu_tokenize: Literal["13a", "intl", "zh", "char", "none"] = "13a"
-    """generation: sacrebleu's BLEU tokenizer (zh for Chinese references)."""
-    corpus: str | None = None
-    """retrieval: JSONL of ``{id, text}`` documents the queries (``data``) are run against."""
-    embedder: Literal["model", "minilm"] = "model"
-    """retrieval: the evaluated model's mean-pooled hidden states, or the offline MiniLM."""
-    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    """retrieval: the k of each reported recall@k."""
+    """sacrebleu's BLEU tokenizer (zh for Chinese references)."""
 
     @model_validator(mode="after")
-    def _check(self) -> TaskSpec:
-        for key in sorted(self.model_fields_set):
-            types = TYPE_KEYS.get(key)
-            if types and self.type not in types:
-                raise ValueError(f"task {self.name!r}: {key}: {' / '.join(types)} tasks only")
-        if self.type == "generation":
-            self._check_generation()
-        if self.type == "classification":
-            self._check_classification()
-        if self.type == "multiple_choice":
-            if self.metrics is not None:
-                raise ValueError(
-                    f"task {self.name!r}: metrics: multiple_choice tasks always report accuracy, "
-                    "accuracy_norm and accuracy_macro; remove the key"
-                )
-            if self.shots and not self.dev:
-                raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
-        if self.type == "retrieval":
-            self._check_retrieval()
-        if self.type == "judge" and not self.judge:
-            raise ValueError(f"task {self.name!r}: judge: name the judge model")
-        fixed = ("perplexity", "preference", "classification", "reward", "judge", "retrieval")
-        if self.type in fixed and self.metrics is not None:
-            raise ValueError(
-                f"task {self.name!r}: metrics: {self.type} tasks always report a fixed set "
-                "(perplexity: loss, ppl, bits_per_byte; preference: accuracy, margin, "
-                "margin_per_token; classification: accuracy, macro_f1, micro_f1, auc; retrieval: "
-                "recall@k, mrr; reward: see docs/eval.md); remove the key"
-            )
-        if self.type == "generation" and self.kind == "text":
-            raise ValueError(f"task {self.name!r}: kind: generation needs chat data")
-        if self.type == "generation" and self.metrics is None:
-            self.metrics = ["exact_match", "token_f1"]
-        return self
-
-    def _check_retrieval(self) -> None:
-        where = f"task {self.name!r}"
-        if not self.corpus:
-            raise ValueError(f"{where}: corpus: name the JSONL file of {{id, text}} documents")
-        if not self.recall_at or any(k < 1 for k in self.recall_at):
-            raise ValueError(f"{where}: recall_at: give one or more k >= 1")
-        if len(set(self.recall_at)) != len(self.recall_at):
-            raise ValueError(f"{where}: recall_at: duplicate k in {self.recall_at}")
-        for key in sorted({"kind", "format"} & self.model_fields_set):
-            raise ValueError(f"{where}: {key}: retrieval reads its own JSONL format")
-
-    def _check_classification(self) -> None:
-        where = f"task {self.name!r}"
-        labels = self.labels or []
-        if len(labels) < 2:
-            raise ValueError(f"{where}: labels: name at least two labels")
-        if any(not lab.strip() for lab in labels) or len(set(labels)) != len(labels):
-            raise ValueError(f"{where}: labels: labels must be non-empty and distinct")
-        try:
-            self.prompt.format(text="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"{where}: prompt: only {{text}} may appear in braces (write {{{{ and }}}} for "
-                f"literal braces): {exc!r}"
-            ) from None
-        if "{text}" not in self.prompt:
-            raise ValueError(f"{where}: prompt: must contain {{text}}")
-
-    def _check_generation(self) -> None:
+    def _check(self) -> GenerationTask:
         where = f"task {self.name!r}"
         if self.n_samples > 1 and self.temperature == 0:
             raise ValueError(
@@ -198,19 +133,146 @@ class TaskSpec(Section):
                 raise ValueError(f"{where}: pass_pattern: not a valid regex ({exc})") from None
         elif self.pass_pattern is not None:
             raise ValueError(f"{where}: pass_pattern: only used with pass_check: regex")
+        return self
 
-    def generation_params(self, seed: int):
-        """strop.infer.GenerationParams from this task's decoding keys."""
-        from strop.infer import GenerationParams
 
-        return GenerationParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=list(self.stop),
-            batch_size=self.batch_size,
-            seed=seed,
-        )
+class PerplexityTask(_Length, _Format, TaskBase):
+    type: Literal["perplexity"]
+    kind: Literal["chat", "text"] = "chat"
+    """chat (loss on the turns chosen by ``mask``) or text (loss on every token)."""
+    mask: Literal["assistant", "last", "all"] = "assistant"
+
+
+class MultipleChoiceTask(_Length, _Batch, TaskBase):
+    type: Literal["multiple_choice"]
+    dev: str | None = None
+    """File of k-shot examples (taken per subject when rows have one)."""
+    shots: int = Field(0, ge=0)
+    score: Literal["letter", "text"] = "letter"
+    """Score the continuation " A" (letter) or " <choice text>" (text)."""
+    chat_template: bool = False
+    """Wrap the prompt in the model's chat template."""
+
+    path_keys: ClassVar[dict[str, str]] = {"dev": "file"}
+
+    @model_validator(mode="after")
+    def _check(self) -> MultipleChoiceTask:
+        if self.shots and not self.dev:
+            raise ValueError(f"task {self.name!r}: shots: {self.shots} needs a dev file")
+        return self
+
+
+class PreferenceTask(_Length, _Batch, _Format, TaskBase):
+    type: Literal["preference"]
+
+
+class ClassificationTask(_Length, Decoding, TaskBase):
+    type: Literal["classification"]
+    labels: list[str] = Field(default_factory=list)
+    """The fixed label set (required, at least two)."""
+    predict: Literal["loglik", "generation"] = "loglik"
+    """Argmax label log-likelihood, or the first label in a generated answer."""
+    prompt: str = "{text}\nLabel:"
+    """The prompt, ``{text}`` replaced by the example's text."""
+    chat_template: bool = False
+    """loglik: wrap the prompt in the model's chat template (generation always does)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassificationTask:
+        where, labels = f"task {self.name!r}", self.labels
+        if len(labels) < 2:
+            raise ValueError(f"{where}: labels: name at least two labels")
+        if any(not lab.strip() for lab in labels) or len(set(labels)) != len(labels):
+            raise ValueError(f"{where}: labels: labels must be non-empty and distinct")
+        try:
+            self.prompt.format(text="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"{where}: prompt: only {{text}} may appear in braces (write {{{{ and }}}} for "
+                f"literal braces): {exc!r}"
+            ) from None
+        if "{text}" not in self.prompt:
+            raise ValueError(f"{where}: prompt: must contain {{text}}")
+        return self
+
+
+class RewardTask(Decoding, _Format, TaskBase):
+    type: Literal["reward"]
+    reward_model: str | None = None
+    """A stage-rm output dir scoring every model's answers (the decoding keys shape them);
+    without it, every evaluated model must itself be a stage-rm output, scored on the pairs."""
+
+    path_keys: ClassVar[dict[str, str]] = {"reward_model": "dir"}
+
+    @property
+    def model_kind(self) -> str:
+        return "reward" if self.reward_model is None else "lm"
+
+
+class JudgeTask(_Length, Decoding, _Format, TaskBase):
+    type: Literal["judge"]
+    judge: str | None = None
+    """The judge model (a known name, HF dir or .gguf), required."""
+    judge_adapter: str | None = None
+    """A PEFT adapter dir applied to the judge."""
+    chat_template: bool = False
+    """Wrap the judge's prompt in the judge's chat template."""
+
+    path_keys: ClassVar[dict[str, str]] = {"judge_adapter": "dir"}
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeTask:
+        if not self.judge:
+            raise ValueError(f"task {self.name!r}: judge: name the judge model")
+        return self
+
+
+class RetrievalTask(_Length, _Batch, TaskBase):
+    type: Literal["retrieval"]
+    corpus: str | None = None
+    """JSONL of ``{id, text}`` documents the queries (``data``) are run against (required)."""
+    embedder: Literal["model", "minilm"] = "model"
+    """The evaluated model's mean-pooled hidden states, or the offline MiniLM."""
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    """The k of each reported recall@k."""
+
+    path_keys: ClassVar[dict[str, str]] = {"corpus": "file"}
+
+    @property
+    def model_kind(self) -> str:
+        return "none" if self.embedder == "minilm" else "lm"
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalTask:
+        where = f"task {self.name!r}"
+        if not self.corpus:
+            raise ValueError(f"{where}: corpus: name the JSONL file of {{id, text}} documents")
+        if not self.recall_at or any(k < 1 for k in self.recall_at):
+            raise ValueError(f"{where}: recall_at: give one or more k >= 1")
+        if len(set(self.recall_at)) != len(self.recall_at):
+            raise ValueError(f"{where}: recall_at: duplicate k in {self.recall_at}")
+        return self
+
+
+TaskSpec = Annotated[
+    GenerationTask
+    | PerplexityTask
+    | MultipleChoiceTask
+    | PreferenceTask
+    | ClassificationTask
+    | RewardTask
+    | JudgeTask
+    | RetrievalTask,
+    Field(discriminator="type"),
+]
+"""One eval task: the class its ``type`` names."""
+
+TASK_SPECS: dict[str, type[TaskBase]] = {
+    get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(TaskSpec)[0])
+}
+"""Task type -> its spec class."""
+
+_ANY_TASK: TypeAdapter = TypeAdapter(TaskSpec)
 
 
 class EvalConfig(Section):
@@ -268,18 +330,14 @@ def _check_paths(cfg: EvalConfig, source: str) -> None:
         for path in [task.data] if isinstance(task.data, str) else task.data:
             if not Path(path).exists():
                 raise StropError(f"{source}: tasks.{i}.data: file not found: {path}")
-        if task.corpus is not None and not Path(task.corpus).exists():
-            raise StropError(f"{source}: tasks.{i}.corpus: file not found: {task.corpus}")
-        if task.dev is not None and not Path(task.dev).exists():
-            raise StropError(f"{source}: tasks.{i}.dev: file not found: {task.dev}")
-        if task.judge_adapter is not None and not Path(task.judge_adapter).is_dir():
-            raise StropError(
-                f"{source}: tasks.{i}.judge_adapter: not a directory: {task.judge_adapter}"
-            )
-        if task.reward_model is not None and not Path(task.reward_model).is_dir():
-            raise StropError(
-                f"{source}: tasks.{i}.reward_model: not a directory: {task.reward_model}"
-            )
+        for key, kind in task.path_keys.items():
+            path = getattr(task, key)
+            if path is None:
+                continue
+            if kind == "dir" and not Path(path).is_dir():
+                raise StropError(f"{source}: tasks.{i}.{key}: not a directory: {path}")
+            if kind == "file" and not Path(path).exists():
+                raise StropError(f"{source}: tasks.{i}.{key}: file not found: {path}")
     for name, spec in cfg.models.items():
         if spec.adapter is not None and not Path(spec.adapter).is_dir():
             raise StropError(f"{source}: models.{name}.adapter: not a directory: {spec.adapter}")

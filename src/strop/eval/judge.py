@@ -14,7 +14,16 @@ bootstrap delta against it is the rate itself with its 95% CI.
 
 from __future__ import annotations
 
+import torch
+
+from strop.data.records import Record
 from strop.errors import StropError
+from strop.eval.config import JudgeTask
+from strop.eval.generation import generation_params
+from strop.eval.loglik import continuation_logprobs, render_context, split_ids
+from strop.eval.scores import MetricScores, TaskOutput
+from strop.infer import generate
+from strop.models.load import load_model
 
 JUDGE_PROMPT = (
     "Question: {question}\n\nAnswer A: {a}\n\nAnswer B: {b}\n\n"
@@ -40,13 +49,22 @@ def _question(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def run_judge_answers(model, tokenizer, task, examples: list, seed: int):
-    """Per column: generate the answers; the judging happens once all columns have answered."""
-    from strop.eval.tasks import TaskOutput, split_prompt
-    from strop.infer import generate
+def split_prompt(record: Record) -> list[dict]:
+    """The prompt turns of a chat row: everything before a final assistant turn, if any."""
+    msgs = record.messages or []
+    if msgs and msgs[-1].role == "assistant":
+        msgs = msgs[:-1]
+    if not msgs:
+        raise StropError(f"{record.origin}: a judge eval row needs at least one prompt turn")
+    return [{"role": m.role, "content": m.content} for m in msgs]
 
+
+def run_judge_answers(
+    model, tokenizer, task: JudgeTask, examples: list[Record], seed: int
+) -> TaskOutput:
+    """Per column: generate the answers; the judging happens once all columns have answered."""
     prompts = [split_prompt(r) for r in examples]
-    params = task.generation_params(seed)
+    params = generation_params(task, seed)
     answers = generate(model, tokenizer, prompts, params)
     preds = [
         {"origin": r.origin, "prompt": p, "prediction": a}
@@ -55,10 +73,10 @@ def run_judge_answers(model, tokenizer, task, examples: list, seed: int):
     return TaskOutput({}, preds)
 
 
-def judge_pairs(model, tokenizer, task, questions, base_answers, cand_answers) -> list[dict]:
+def judge_pairs(
+    model, tokenizer, task: JudgeTask, questions, base_answers, cand_answers
+) -> list[dict]:
     """Both orders of every (baseline, candidate) pair, scored in one batched pass."""
-    from strop.eval.multiple_choice import continuation_logprobs, render_context, split_ids
-
     chat = bool(task.chat_template)
     pairs = []
     for q, b, c in zip(questions, base_answers, cand_answers, strict=True):
@@ -83,15 +101,10 @@ def judge_pairs(model, tokenizer, task, questions, base_answers, cand_answers) -
     return out
 
 
-def judge_task(task, per_model: dict, baseline: str, log=print) -> None:
+def judge_task(task: JudgeTask, per_model: dict, baseline: str, log=print) -> None:
     """Fill every column's win/tie/loss metrics in place (``per_model``: name -> TaskOutput)."""
-    from strop.eval.tasks import MetricScores
-    from strop.models.load import load_model
-
     if baseline not in per_model or len(per_model) < 2:
         raise StropError(f"task {task.name!r}: judge needs the baseline and another model")
-    import torch
-
     model, tok, _ = load_model(task.judge, "auto", task.judge_adapter)
     if torch.cuda.is_available():
         model = model.to("cuda")

@@ -28,7 +28,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from strop.eval.multiple_choice import continuation_scores
+from strop.eval.loglik import continuation_scores
+from strop.models.load import load_model
 
 
 @register_model("strop")
@@ -45,8 +46,6 @@ class StropLM(LM):
         **_ignored,  # lm-eval passes e.g. max_batch_size; strop batches by batch_size only
     ) -> None:
         super().__init__()
-        from strop.models.load import load_model
-
         self.model, self.tokenizer, _ = load_model(model, dtype, adapter)
         if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI says cuda

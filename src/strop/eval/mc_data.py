@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from strop.errors import StropError
 
 LETTERS = string.ascii_uppercase
@@ -260,9 +263,6 @@ def jsonl_values(path: Path):
 
 
 def load_parquet(path: Path) -> list[MCExample]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         rows = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as e:

@@ -12,12 +12,12 @@ import torch
 from strop.data.batching import collate
 from strop.data.pairs import preference_rows
 from strop.errors import StropError
+from strop.eval.config import PreferenceTask
+from strop.eval.scores import MetricScores, TaskOutput
 from strop.models.logps import per_document, row_token_counts, target_documents, target_logps
 
 
-def run_preference(model, tokenizer, task, examples: list, seed: int):
-    from strop.eval.tasks import MetricScores, TaskOutput
-
+def run_preference(model, tokenizer, task: PreferenceTask, examples: list, seed: int) -> TaskOutput:
     rows, stats = preference_rows(tokenizer, examples, task.max_length)
     if not rows:
         raise StropError(f"task {task.name!r}: no pair left to score ({stats.describe()})")

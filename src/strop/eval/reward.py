@@ -17,20 +17,23 @@ Scoring reuses ``strop.reward`` (the chat template and last-token value head of 
 
 from __future__ import annotations
 
+import torch
+
 from strop.errors import StropError
+from strop.eval.config import RewardTask
+from strop.eval.generation import generation_params
+from strop.eval.scores import MetricScores, TaskOutput
+from strop.infer import generate
+from strop.reward import load_reward_model, score
 
 _RM_CACHE: dict[tuple[str, str], tuple] = {}
 
 
 def reward_model_for(path: str, dtype: str = "auto"):
     """The task's fixed reward model, loaded once per eval run (``clear_cache`` frees it)."""
-    from strop.reward import load_reward_model
-
     key = (path, dtype)
     if key not in _RM_CACHE:
         model, tok = load_reward_model(path, dtype)
-        import torch
-
         if torch.cuda.is_available():
             model = model.to("cuda")
         _RM_CACHE[key] = (model, tok, {})
@@ -47,16 +50,12 @@ def _conv(messages) -> list[dict]:
 
 def pair_scores(model, tok, examples, batch_size: int) -> tuple[list[float], list[float]]:
     """(r(prompt + chosen), r(prompt + rejected)) per pair."""
-    from strop.reward import score
-
     chosen = [_conv([*r.messages, *r.chosen]) for r in examples]
     rejected = [_conv([*r.messages, *r.rejected]) for r in examples]
     return score(model, tok, chosen, batch_size), score(model, tok, rejected, batch_size)
 
 
-def run_reward(model, tokenizer, task, examples: list, seed: int):
-    from strop.eval.tasks import MetricScores, TaskOutput
-
+def run_reward(model, tokenizer, task: RewardTask, examples: list, seed: int) -> TaskOutput:
     if not examples:
         raise StropError(f"task {task.name!r}: no preference pair to score")
     if task.reward_model is None:  # the column is the reward model
@@ -72,14 +71,11 @@ def run_reward(model, tokenizer, task, examples: list, seed: int):
             for e, c, r in zip(examples, r_c, r_r, strict=True)
         ]
         return TaskOutput(metrics, predictions)
-    return _score_policy(model, tokenizer, task, examples, seed, MetricScores, TaskOutput)
+    return _score_policy(model, tokenizer, task, examples, seed)
 
 
-def _score_policy(model, tokenizer, task, examples, seed, MetricScores, TaskOutput):
-    from strop.infer import generate
-    from strop.reward import score
-
-    params = task.generation_params(seed)
+def _score_policy(model, tokenizer, task: RewardTask, examples: list, seed: int) -> TaskOutput:
+    params = generation_params(task, seed)
     answers = generate(model, tokenizer, [_conv(r.messages) for r in examples], params)
     rm, rm_tok, memo = reward_model_for(task.reward_model)
     if task.name not in memo:  # the pairs are the same for every column: score them once

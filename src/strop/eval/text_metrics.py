@@ -27,6 +27,10 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 
+from sacrebleu.metrics import BLEU, CHRF
+
+from strop.eval.extraction import parse_json_object
+
 # Scripts written without spaces between words: one token per character.
 _CJK = (
     "\u3040-\u309f"  # Hiragana
@@ -99,15 +103,11 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
 
 @cache
 def _bleu(tokenize: str = "13a", effective_order: bool = False):
-    from sacrebleu.metrics import BLEU
-
     return BLEU(tokenize=tokenize, effective_order=effective_order)
 
 
 @cache
 def _chrf():
-    from sacrebleu.metrics import CHRF
-
     return CHRF()
 
 
@@ -152,8 +152,6 @@ def sample_passes(prediction: str, reference: str, check: str, pattern: str | No
     if check == "exact_match":
         return prediction.strip() == reference.strip()
     if check == "json_valid":
-        from strop.eval.extraction import parse_json_object
-
         return parse_json_object(prediction) is not None
     if check == "regex":
         return re.search(pattern or "", prediction) is not None

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from strop.config.load import read_yaml_tree
 from strop.errors import StropError
-from strop.eval.config import EvalConfig, ModelSpec, TaskSpec
+from strop.eval.config import EvalConfig, ModelSpec
+from strop.eval.config import TaskBase as TaskSpec  # TaskBase.model_validate: any task type
 from strop.merge.config import MergeConfig, SearchSection, set_dotted, validate_merge_tree
 from strop.train.artifacts import atomic_dir
 

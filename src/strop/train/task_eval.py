@@ -17,15 +17,17 @@ from pydantic import ValidationError
 
 from strop.config.load import format_validation_error
 from strop.errors import StropError
-from strop.eval.config import TaskSpec
+from strop.eval.config import TASK_SPECS, RetrievalTask, TaskBase
 from strop.eval.tasks import TASKS, load_examples
 
 IN_TRAINING_TYPES = ("generation", "perplexity", "multiple_choice", "classification", "retrieval")
 
 
-def parse_eval_tasks(raw: list[dict[str, Any]], source: str) -> list:
-    """Validate ``train.eval_tasks`` entries as `strop eval` task specs; errors name the entry."""
-    specs, names = [], set()
+def parse_eval_tasks(raw: list[dict[str, Any]], source: str) -> list[TaskBase]:
+    """Validate ``train.eval_tasks`` entries as `strop eval` task specs (the class their
+    ``type`` names); errors name the entry."""
+    specs: list[TaskBase] = []
+    names = set()
     for i, item in enumerate(raw):
         where = f"{source}: train.eval_tasks.{i}"
         if not isinstance(item, dict):
@@ -36,11 +38,12 @@ def parse_eval_tasks(raw: list[dict[str, Any]], source: str) -> list:
                 f"reward compare models: use `strop eval`); during training: "
                 f"{', '.join(IN_TRAINING_TYPES)}"
             )
+        cls = TASK_SPECS[item["type"]]
         try:
-            spec = TaskSpec.model_validate(item)
+            spec = cls.model_validate(item)
         except ValidationError as exc:
-            raise StropError(format_validation_error(exc, where, TaskSpec)) from None
-        if spec.type == "retrieval" and getattr(spec, "embedder", "model") != "model":
+            raise StropError(format_validation_error(exc, where, cls)) from None
+        if isinstance(spec, RetrievalTask) and spec.embedder != "model":
             raise StropError(f"{where}: during training, retrieval uses embedder: model")
         if spec.name in names:
             raise StropError(f"{where}: task name {spec.name!r} is used twice")
