@@ -291,3 +291,25 @@ def test_a_truncated_merge_input_is_one_sentence_exit_2(tiny_llama_dir, tmp_path
     line = next(x for x in done.stderr.splitlines() if x.startswith("strop: error: "))
     assert f"{weights} is not a readable safetensors file" in line and "truncated" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_pickled_model_or_adapter_weights_are_refused_before_any_load(
+    tiny_llama_dir, tmp_path, marker
+):
+    """A model dir or adapter dir whose weights are pickles (.bin) is refused with a sentence
+    before transformers or peft open anything, however harmless or hostile the file."""
+    from strop.models.load import apply_adapter, load_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    plant_torch(model_dir / "pytorch_model.bin", marker)
+    with pytest.raises(StropError, match=r"no \.safetensors weights \(it has pytorch_model\.bin"):
+        load_model(str(model_dir))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    plant_torch(adapter / "adapter_model.bin", marker)
+    model, _, _ = load_model(str(tiny_llama_dir))
+    with pytest.raises(StropError, match="loads adapter weights from safetensors only"):
+        apply_adapter(model, adapter)

@@ -51,6 +51,12 @@ def _assert_same_tree(a, b, path="state"):
         assert a == b, path
 
 
+# The kill step is drawn from a seed that a failure reports, so any failure reproduces:
+# STROP_KILL_SEED=<seed> pytest tests/integration/test_resume.py. Unset, the seed varies per run
+# (a different step each time widens what CI covers over many runs).
+KILL_SEED = int(os.environ.get("STROP_KILL_SEED") or random.SystemRandom().randrange(10**6))
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_kill_and_resume_is_bit_identical(tmp_path, stage):
     # dpo: the resumed run must score its reference with the *initial* policy again (precompute
@@ -58,7 +64,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path, stage):
     writer = write_preference_jsonl if stage == "dpo" else write_chat_jsonl
     data = writer(tmp_path / "data.jsonl", n=16)
     total = 12  # 8 steps per epoch: the run crosses an epoch boundary (new shuffle)
-    kill_at = random.Random().randint(2, total - 2)
+    kill_at = random.Random(f"{KILL_SEED}-{stage}").randint(2, total - 2)
+    print(f"killed at step {kill_at} (STROP_KILL_SEED={KILL_SEED})")  # shown when it fails
     configs = {}
     for name in ("straight", "killed"):
         raw = tiny_config(

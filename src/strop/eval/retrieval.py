@@ -202,10 +202,10 @@ def load_minilm():
     """(model, tokenizer) of the bundled all-MiniLM-L6-v2, loaded once per process."""
     if "m" not in _MINILM:
         path = minilm_dir()
-        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
         if torch.cuda.is_available():
             model = model.to("cuda")
-        _MINILM["m"] = (model, AutoTokenizer.from_pretrained(path))
+        _MINILM["m"] = (model, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
     return _MINILM["m"]
 
 

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from strop.errors import StropError
@@ -114,8 +116,6 @@ def _saved_name(key: str) -> str | None:
 
 
 def save(model, state: dict[str, torch.Tensor], out: Path, base_dir: Path) -> None:
-    from safetensors.torch import save_file
-
     settings = model.strop_adapter
     tensors = {n: t for k, t in state.items() if (n := _saved_name(k))}
     if settings["train_norms"]:
@@ -146,8 +146,6 @@ def is_adapter_dir(path: Path) -> bool:
 
 def load(model, adapter_dir: Path):
     """Attach the saved adapters to ``model`` (the base the JSON names) and load their weights."""
-    from safetensors.torch import load_file
-
     where = Path(adapter_dir) / CONFIG_FILE
     try:
         config = json.loads(where.read_text())
@@ -164,7 +162,12 @@ def load(model, adapter_dir: Path):
         )
     keys = ("size", "positions", "activation", "train_norms")
     attach(model, {k: config[k] for k in keys})
-    tensors = load_file(str(Path(adapter_dir) / WEIGHTS_FILE))
+    try:
+        tensors = load_file(str(Path(adapter_dir) / WEIGHTS_FILE))
+    except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all
+        raise StropError(
+            f"{Path(adapter_dir) / WEIGHTS_FILE}: cannot read the adapter ({exc})"
+        ) from None
     params = dict(model.named_parameters())
     want = {n for k in params if (n := _saved_name(k))}
     if config["train_norms"]:

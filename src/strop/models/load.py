@@ -60,7 +60,7 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -84,7 +84,13 @@ def load_model(
     model_dir = resolve_model(name_or_path)
     if attn == "sdpa":  # sdpa, plus one fused causal call per document for packed rows
         attn = register()
-    kwargs = {"dtype": resolve_dtype(dtype), "attn_implementation": attn}
+    _require_safetensors(model_dir)
+    # trust_remote_code stays False: a model dir's own Python never runs (issue 18)
+    kwargs = {
+        "dtype": resolve_dtype(dtype),
+        "attn_implementation": attn,
+        "trust_remote_code": False,
+    }
     if head == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=1, **kwargs
@@ -102,6 +108,20 @@ def load_model(
     return model, tokenizer, model_dir
 
 
+def _require_safetensors(model_dir: Path, what: str = "model") -> None:
+    """strop reads weights from safetensors only: .bin/.pt weight files are pickles, which can
+    run code when loaded (transformers loads them with weights_only=True, but the user would
+    then get an unpickling traceback instead of a sentence)."""
+    if not any(Path(model_dir).glob("*.safetensors")):
+        pickles = sorted(p.name for p in Path(model_dir).glob("*.bin"))
+        found = f" (it has {', '.join(pickles[:3])}: pickle files)" if pickles else ""
+        raise StropError(
+            f"{model_dir}: no .safetensors weights{found}; strop loads {what} weights from "
+            "safetensors only: convert them once with transformers' save_pretrained"
+            "(safe_serialization=True) in a trusted environment"
+        )
+
+
 def apply_adapter(model, adapter_dir: Path):
     from peft import PeftModel
 
@@ -111,6 +131,7 @@ def apply_adapter(model, adapter_dir: Path):
     if not cfg.exists():
         raise StropError(f"{adapter_dir}: not an adapter dir (no adapter_config.json)")
     config = json.loads(cfg.read_text())  # a malformed file fails here with a clear JSON error
+    _require_safetensors(adapter_dir, "adapter")
 
     if prompt_learning.is_prompt_learning_dir(config):  # logits / generation fixes, same files
         return prompt_learning.load(model, adapter_dir)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from strop.config.load import dump_config
 from strop.config.schema import Config
@@ -308,11 +307,10 @@ def _finish(run: Run) -> Path:
     final_dir = run.run_dir / "final"
     if not run.d.is_main:
         return final_dir
+    # extra files (PPO's value head) go in before the rename: final/ appears complete or not at all
     artifacts.save_final(
-        run.model, full, run.tokenizer, final_dir, method.is_adapter, run.model_dir
+        run.model, full, run.tokenizer, final_dir, method.is_adapter, run.model_dir, extra
     )
-    for name, tensors in extra.items():
-        save_file(tensors, final_dir / name)
     merge_err = None
     if cfg.train.save_merged and method.is_adapter:
         merge_err = _save_merged(run, final_dir)

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from strop.config.load import dump_config
 from strop.config.schema import Config
 from strop.errors import StropError
 from strop.train.checkpoint import committed, find_resume
@@ -33,6 +34,7 @@ LOCK = ".lock"
 INPUTS = "inputs.json"  # fingerprints of the training data the checkpoints were trained on
 # Keys a resumed run may change: they alter neither the weights so far nor the data order.
 HARMLESS = (
+    "train.output_dir",  # a run dir moved or copied elsewhere is still the same run
     "train.max_steps",
     "train.epochs",
     "train.log_every",
@@ -139,8 +141,9 @@ def check_same_run(cfg: Config, run_dir: Path, source: str) -> None:
     """Refuse to resume when the config or the data changed in a way that matters."""
     saved = run_dir / "config.yaml"
     if saved.exists():
+        # Both sides as dump_config writes them: keys a stage does not read are left out alike.
         old = _flat(yaml.safe_load(saved.read_text()) or {})
-        new = _flat(cfg.model_dump(mode="json"))
+        new = _flat(yaml.safe_load(dump_config(cfg)))
         changed = sorted(
             k for k in set(old) | set(new) if old.get(k) != new.get(k) and not _harmless(k)
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -211,7 +212,11 @@ class StepStats:
 
 
 class Spool:
-    """Records waiting for a deferred decision, pickled to disk a batch at a time."""
+    """Records waiting for a deferred decision, pickled to disk a batch at a time.
+
+    The spool is an anonymous temporary file (no name in the output dir), written and read
+    back through the same handle by this process only: no other file can be swapped in and
+    unpickled in its place."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.batch, self.count = path, [], 0
@@ -226,7 +231,7 @@ class Spool:
     def flush(self) -> None:
         if self.batch:
             if self.fh is None:
-                self.fh = open(self.path, "wb")  # noqa: SIM115  (closed when read back)
+                self.fh = tempfile.TemporaryFile(dir=self.path.parent)  # noqa: SIM115
             pickle.dump(self.batch, self.fh, protocol=pickle.HIGHEST_PROTOCOL)
             self.batch = []
 
@@ -234,14 +239,14 @@ class Spool:
         self.flush()
         if self.fh is None:
             return
-        self.fh.close()
-        with open(self.path, "rb") as fh:
+        fh, self.fh = self.fh, None
+        with fh:  # closing the anonymous file frees it
+            fh.seek(0)
             while True:
                 try:
                     yield from pickle.load(fh)
                 except EOFError:
                     break
-        self.path.unlink(missing_ok=True)
 
 
 class Walker:
