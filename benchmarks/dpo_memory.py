@@ -411,12 +411,12 @@ def run_strop(args, method: str, reference: str, grad_ckpt: bool):
     import torch
 
     from strop.data.render import IGNORE as _IGNORE
-    from strop.train import distributed
     from strop.models.transforms import TRANSFORMS
+    from strop.train import distributed
     from strop.train.loop import forward_backward
     from strop.train.objectives import OBJECTIVES, Setting
-    from strop.train.setup import autocast, load_model_and_data
     from strop.train.optim import build_optimizer, set_lr
+    from strop.train.setup import autocast, load_model_and_data
 
     assert _IGNORE == IGNORE
     tmp = tempfile.mkdtemp(prefix="strop-dpo-bench-")
