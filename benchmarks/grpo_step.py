@@ -60,10 +60,16 @@ def _plain(model, tok, prompts, g, new, stops):
     tok.padding_side = "left"
     batch = tok.pad({"input_ids": prompts}, return_tensors="pt")
     out = model.generate(
-        **batch, do_sample=True, num_return_sequences=g, max_new_tokens=new, top_k=0,
-        temperature=1.0, eos_token_id=stops or None, pad_token_id=tok.pad_token_id,
+        **batch,
+        do_sample=True,
+        num_return_sequences=g,
+        max_new_tokens=new,
+        top_k=0,
+        temperature=1.0,
+        eos_token_id=stops or None,
+        pad_token_id=tok.pad_token_id,
         min_new_tokens=new if not stops else 0,
-    )  # fmt: skip
+    )
     gen = out[:, batch["input_ids"].shape[1] :]
     if not stops:
         return gen.numel()
@@ -130,12 +136,19 @@ def generation(model, tok, n_prompts, g, new, repeats, precision="fp32", fp32_mo
                 times[name].append(time.perf_counter() - t0)
                 tokens[name].append(made)
         for name in engines:
-            rows.append({
-                "mode": mode, "engine": name, "precision": precision, "prompts": n_prompts, "group": g,
-                "max_new_tokens": new, "seconds_median": statistics.median(times[name]),
-                "new_tokens_mean": statistics.mean(tokens[name]),
-                "tokens_per_s": sum(tokens[name]) / sum(times[name]),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "mode": mode,
+                    "engine": name,
+                    "precision": precision,
+                    "prompts": n_prompts,
+                    "group": g,
+                    "max_new_tokens": new,
+                    "seconds_median": statistics.median(times[name]),
+                    "new_tokens_mean": statistics.mean(tokens[name]),
+                    "tokens_per_s": sum(tokens[name]) / sum(times[name]),
+                }
+            )
     return rows
 
 
@@ -151,12 +164,26 @@ def grpo_steps(model_name, n_prompts, g, new, steps):
         "stage": "grpo",
         "method": {"name": "lora", "r": 16, "alpha": 32},
         "data": {"train": str(data), "eval": None, "max_length": 512},
-        "train": {"output_dir": str(tmp / "run"), "max_steps": steps, "batch_size": n_prompts,
-                  "lr": 1e-5, "warmup": 0, "log_every": 1, "eval_every": 0, "save_every": 0,
-                  "progress": False, "tensorboard": False, "precision": "fp32"},
-        "grpo": {"group_size": g, "max_new_tokens": new, "beta": 0.04,
-                 "rewards": ["math_answer", "format_tags"]},
-    }  # fmt: skip
+        "train": {
+            "output_dir": str(tmp / "run"),
+            "max_steps": steps,
+            "batch_size": n_prompts,
+            "lr": 1e-5,
+            "warmup": 0,
+            "log_every": 1,
+            "eval_every": 0,
+            "save_every": 0,
+            "progress": False,
+            "tensorboard": False,
+            "precision": "fp32",
+        },
+        "grpo": {
+            "group_size": g,
+            "max_new_tokens": new,
+            "beta": 0.04,
+            "rewards": ["math_answer", "format_tags"],
+        },
+    }
     from strop.train.objectives.grpo import GRPOObjective
 
     starts, original = [], GRPOObjective.rollout
@@ -175,8 +202,19 @@ def grpo_steps(model_name, n_prompts, g, new, steps):
     starts.append(time.perf_counter())  # upper bound for the last step (includes saving)
     rows = []
     for i, h in enumerate(hist):
-        row = {k: h[k] for k in ("step", "loss", "reward", "kl", "completion_len",
-                                 "time/generate", "time/reward", "time/reference")}  # fmt: skip
+        row = {
+            k: h[k]
+            for k in (
+                "step",
+                "loss",
+                "reward",
+                "kl",
+                "completion_len",
+                "time/generate",
+                "time/reward",
+                "time/reference",
+            )
+        }
         row["time/step"] = starts[i + 1] - starts[i]
         row["time/train"] = row["time/step"] - sum(h[k] for k in list(row)[5:8])
         rows.append(row)
@@ -191,8 +229,12 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="bf16: a LoRA model with bf16 frozen linears under bf16 autocast")  # fmt: skip
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: a LoRA model with bf16 frozen linears under bf16 autocast",
+    )
     args = ap.parse_args()
     from strop.models.load import load_model
 
@@ -207,8 +249,10 @@ def main() -> None:
     )
     print(f"{'mode':6} {'engine':10} {'s (median)':>10} {'new tok':>8} {'tok/s':>8}")
     for r in gen:
-        print(f"{r['mode']:6} {r['engine']:10} {r['seconds_median']:10.2f} "
-              f"{r['new_tokens_mean']:8.0f} {r['tokens_per_s']:8.1f}")  # fmt: skip
+        print(
+            f"{r['mode']:6} {r['engine']:10} {r['seconds_median']:10.2f} "
+            f"{r['new_tokens_mean']:8.0f} {r['tokens_per_s']:8.1f}"
+        )
     for mode in ("fixed", "stops"):
         rate = {r["engine"]: r["tokens_per_s"] for r in gen if r["mode"] == mode}
         for base in [e for e in rate if e != "strop"]:
@@ -225,10 +269,19 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     suffix = "" if args.precision == "fp32" else f"-{args.precision}"
     out = RESULTS / f"grpo_step-{device}-{args.model}{suffix}.json"
-    out.write_text(json.dumps({
-        "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "args": vars(args), "generation": gen, "grpo_steps": steps, "grpo_wall_s": wall,
-    }, indent=1))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "args": vars(args),
+                "generation": gen,
+                "grpo_steps": steps,
+                "grpo_wall_s": wall,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

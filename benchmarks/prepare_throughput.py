@@ -159,8 +159,11 @@ def compare_datasketch(data: Path, m: int, truth: list[str]) -> dict:
 
     def score(removed: set[int]) -> dict:
         hit = len(removed & planted)
-        return {"removed": len(removed), "recall": round(hit / max(len(planted), 1), 4),
-                "precision": round(hit / max(len(removed), 1), 4)}  # fmt: skip
+        return {
+            "removed": len(removed),
+            "recall": round(hit / max(len(planted), 1), 4),
+            "precision": round(hit / max(len(removed), 1), 4),
+        }
 
     t0 = time.perf_counter()
     result = clean_records(recs, [("dedup_near", {"threshold": 0.8, "num_perm": 128})])
@@ -214,10 +217,12 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=2000)
     ap.add_argument("--datasketch-records", type=int, default=20_000, help="0: skip")
     ap.add_argument(
-        "--stateless-records", type=int, default=300_000,
+        "--stateless-records",
+        type=int,
+        default=300_000,
         help="also run normalise -> filter -> pii (no dedup index) on this many records, to show "
         "that RSS outside the dedup indexes stays flat (0: skip)",
-    )  # fmt: skip
+    )
     ap.add_argument("--skip-full", action="store_true", help="skip the full pipeline run")
     ap.add_argument("--dir", default=None, help="work dir (default: a temporary one)")
     ap.add_argument("--out", default="benchmarks/results/prepare_throughput.json")
@@ -263,7 +268,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg_at_end": os.getloadavg(),
-        },  # fmt: skip
+        },
         "records": args.records,
         "input_mib": round(data.stat().st_size / 2**20, 1),
         "planted": kinds,
@@ -277,8 +282,10 @@ def main() -> None:
             print_run(label, run, args.workers)
     for name in ("strop", "datasketch") if cmp else ():
         c = cmp[name]
-        print(f"near dedup {name}: {c['records_per_s']} records/s, recall {c['recall']}, "
-              f"precision {c['precision']}")  # fmt: skip
+        print(
+            f"near dedup {name}: {c['records_per_s']} records/s, recall {c['recall']}, "
+            f"precision {c['precision']}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

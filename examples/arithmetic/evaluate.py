@@ -49,21 +49,34 @@ def main() -> None:
     accuracy = sum(scores) / len(scores)
     number_only = sum(a.strip().lstrip("-").isdigit() for a in answers) / len(answers)
     label = args.adapter or args.model
-    print(f"{label}: accuracy {accuracy:.3f} on {len(rows)} held-out problems "
-          f"(number only in {number_only:.0%} of answers; {seconds:.0f} s)")  # fmt: skip
+    print(
+        f"{label}: accuracy {accuracy:.3f} on {len(rows)} held-out problems "
+        f"(number only in {number_only:.0%} of answers; {seconds:.0f} s)"
+    )
     for kind, s in sorted(by_kind.items()):
         print(f"  {kind:9s} {sum(s) / len(s):.3f}  (n={len(s)})")
     for r, a, s in list(zip(rows, answers, scores, strict=True))[: args.show]:
-        print(f"--- {r['prompt'].splitlines()[0]}  [answer {r['answer']}, "
-              f"parsed {extract_answer(a)!r}, score {s:.0f}]\n{a.strip()}")  # fmt: skip
+        print(
+            f"--- {r['prompt'].splitlines()[0]}  [answer {r['answer']}, "
+            f"parsed {extract_answer(a)!r}, score {s:.0f}]\n{a.strip()}"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({
-            "model": args.model, "adapter": args.adapter, "accuracy": accuracy,
-            "number_only": number_only,
-            "by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()},
-            "answers": [{"prompt": r["prompt"], "answer": r["answer"], "output": a, "score": s}
-                        for r, a, s in zip(rows, answers, scores, strict=True)],
-        }, indent=1))  # fmt: skip
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "adapter": args.adapter,
+                    "accuracy": accuracy,
+                    "number_only": number_only,
+                    "by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()},
+                    "answers": [
+                        {"prompt": r["prompt"], "answer": r["answer"], "output": a, "score": s}
+                        for r, a, s in zip(rows, answers, scores, strict=True)
+                    ],
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def _sub(rng: random.Random) -> tuple[str, int]:
 def _mul(rng: random.Random) -> tuple[str, int]:
     a, b = rng.randint(2, 5), rng.randint(2, 5)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    return (f"{name} buys {a} boxes with {b} {item} in each box. "
-            f"How many {item} is that in total?", a * b)  # fmt: skip
+    return (
+        f"{name} buys {a} boxes with {b} {item} in each box. How many {item} is that in total?",
+        a * b,
+    )
 
 
 def _bare(rng: random.Random) -> tuple[str, int]:

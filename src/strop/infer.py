@@ -199,9 +199,17 @@ def generate(
             pad = kwargs["generation_config"].pad_token_id
             for n, chunk in enumerate(_batches(order, params.batch_size, progress)):
                 if engine:  # seeded per batch: reproducible for a seed and a batch size
-                    ro = sample(model, [encoded[i] for i in chunk], 1, params.max_new_tokens,
-                                sorted(stop_ids), pad, params.temperature, params.top_p,
-                                seed=params.seed + n)  # fmt: skip
+                    ro = sample(
+                        model,
+                        [encoded[i] for i in chunk],
+                        1,
+                        params.max_new_tokens,
+                        sorted(stop_ids),
+                        pad,
+                        params.temperature,
+                        params.top_p,
+                        seed=params.seed + n,
+                    )
                     rows = ro.completion_ids
                 else:
                     batch = tokenizer.pad(

@@ -135,8 +135,9 @@ def _parents(view: list[tuple[str, str, str]]) -> list[str]:
     return sorted(out, key=lambda p: (p.count("/"), p))
 
 
-def _stage2(exe: str, main: str, *, cpu_s: float, memory_mb: int, max_procs: int | None,
-            uid: int | None) -> list:  # fmt: skip
+def _stage2(
+    exe: str, main: str, *, cpu_s: float, memory_mb: int, max_procs: int | None, uid: int | None
+) -> list:
     """argv of the trusted first program inside: drop to ``uid``, set the rlimits, then exec
     the code. The limits are set in here, not before bwrap/unshare run: RLIMIT_NPROC counts
     per user namespace only once inside one, and outside it would count the trainer's user
@@ -151,8 +152,7 @@ def _stage2(exe: str, main: str, *, cpu_s: float, memory_mb: int, max_procs: int
     ] + ([(resource.RLIMIT_NPROC, max_procs, max_procs)] if max_procs else [])
     home = os.path.dirname(main)  # /work, or the temporary dir in 'unsafe' mode
     env = {"HOME": home, "TMPDIR": home, "LANG": "C.UTF-8", "PATH": "/nonexistent"}
-    cfg = {"uid": uid, "limits": limits, "exe": exe, "env": env,
-           "argv": [exe, "-I", "-B", main]}  # fmt: skip
+    cfg = {"uid": uid, "limits": limits, "exe": exe, "env": env, "argv": [exe, "-I", "-B", main]}
     script = (
         "import json,os,resource,sys\nc=json.loads(sys.argv[1])\nu=c['uid']\n"
         "if u is not None:\n os.setgroups([]);os.setresgid(u,u,u);os.setresuid(u,u,u)\n"
@@ -162,11 +162,17 @@ def _stage2(exe: str, main: str, *, cpu_s: float, memory_mb: int, max_procs: int
     return [exe, "-I", "-S", "-c", script, json.dumps(cfg)]
 
 
+# Fresh IPC, PID, network, UTS (and cgroup where allowed) namespaces, killed with its parent,
+# no controlling terminal, an empty environment.
+_BWRAP_FLAGS = (
+    "--unshare-ipc --unshare-pid --unshare-net --unshare-uts --unshare-cgroup-try "
+    "--die-with-parent --new-session --clearenv --hostname sandbox"
+).split()
+
+
 def _bwrap_argv(code_fd: int, stage2: list, as_root: bool) -> list[str]:
     exe, view = _interpreter()
-    argv = [shutil.which("bwrap") or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net",
-            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
-            "--clearenv", "--hostname", "sandbox"]  # fmt: skip
+    argv = [shutil.which("bwrap") or "bwrap", *_BWRAP_FLAGS]
     # Root: no user namespace (it would map to host uid 0, which RLIMIT_NPROC exempts); the
     # first program keeps CAP_SETUID/SETGID only to become nobody. Others: a user namespace.
     argv += (
@@ -176,9 +182,9 @@ def _bwrap_argv(code_fd: int, stage2: list, as_root: bool) -> list[str]:
         argv += ["--perms", "0755", "--dir", d]
     for kind, path, target in view:
         argv += ["--symlink", target, path] if kind == "link" else ["--ro-bind", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777",
-             "--size", str(SCRATCH_MB * 2**20), "--tmpfs", "/work",
-             "--file", str(code_fd), "/work/main.py", "--chdir", "/work"]  # fmt: skip
+    scratch = ["--perms", "01777", "--size", str(SCRATCH_MB * 2**20), "--tmpfs", "/work"]
+    code = ["--file", str(code_fd), "/work/main.py", "--chdir", "/work"]
+    argv += ["--proc", "/proc", "--dev", "/dev", *scratch, *code]
     return argv + stage2
 
 
@@ -241,8 +247,9 @@ def _build_root(libc, spec: dict) -> None:
     with contextlib.suppress(OSError):  # refused in some containers (a masked host /proc)
         _mount(libc, "proc", root + "/proc", "proc", _NOSUID | _NODEV | _NOEXEC)
     os.makedirs(root + "/work")
-    _mount(libc, "tmpfs", root + "/work", "tmpfs", _NOSUID | _NODEV,
-           f"size={SCRATCH_MB}m,mode=1777")  # fmt: skip
+    _mount(
+        libc, "tmpfs", root + "/work", "tmpfs", _NOSUID | _NODEV, f"size={SCRATCH_MB}m,mode=1777"
+    )
     shutil.copyfile(spec["code"], root + "/work/main.py")
     _mount(libc, None, root, None, _REMOUNT | _RDONLY | _NOSUID | _NODEV)
     os.chdir(root)
@@ -368,10 +375,10 @@ def _classify(rc: int, err: str, timed_out: bool, timeout_s: float) -> tuple[str
 
 
 def _popen(argv, *, pass_fds=(), cwd=None) -> subprocess.Popen:
+    pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={}, cwd=cwd, pass_fds=pass_fds, start_new_session=True,
-    )  # fmt: skip
+        argv, **pipes, env={}, cwd=cwd, pass_fds=pass_fds, start_new_session=True
+    )
 
 
 def _start(backend: str, code: str, tmp: str, *, cpu_s, memory_mb, max_procs) -> subprocess.Popen:
@@ -391,14 +398,17 @@ def _start(backend: str, code: str, tmp: str, *, cpu_s, memory_mb, max_procs) ->
             os.close(fd)
     if backend == "namespaces":
         os.mkdir(os.path.join(tmp, "root"))
-        spec = {"root": os.path.join(tmp, "root"), "dirs": _parents(view), "view": view,
-                "code": path, "stage2": stage2}  # fmt: skip
+        root = os.path.join(tmp, "root")
+        spec = {"root": root, "dirs": _parents(view), "view": view, "code": path, "stage2": stage2}
         return _popen([exe, "-I", "-S", os.path.abspath(__file__), json.dumps(spec)])
     if backend not in _WARNED:
         _WARNED.add(backend)
-        print("strop: WARNING: sandbox 'unsafe': model-written code runs as an ordinary "
-              "subprocess of this user with rlimits only; it can read your files, reach the "
-              "network and signal your processes", file=sys.stderr)  # fmt: skip
+        print(
+            "strop: WARNING: sandbox 'unsafe': model-written code runs as an ordinary "
+            "subprocess of this user with rlimits only; it can read your files, reach the "
+            "network and signal your processes",
+            file=sys.stderr,
+        )
     return _popen(_stage2(exe, path, **limits, max_procs=None, uid=None), cwd=tmp)
 
 
@@ -463,19 +473,20 @@ def run(
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="strop-sandbox-") as tmp:
         try:
-            proc = _start(name, code, tmp, cpu_s=cpu_s or timeout_s, memory_mb=memory_mb,
-                          max_procs=max_procs)  # fmt: skip
+            proc = _start(
+                name, code, tmp, cpu_s=cpu_s or timeout_s, memory_mb=memory_mb, max_procs=max_procs
+            )
         except OSError as e:
-            return SandboxResult(False, f"sandbox could not start: {e}", "error", None, "", "",
-                                 time.monotonic() - t0, name)  # fmt: skip
+            why, spent = f"sandbox could not start: {e}", time.monotonic() - t0
+            return SandboxResult(False, why, "error", None, "", "", spent, name)
         try:
             out, err, timed_out = _collect(proc, timeout_s, max_output)
         finally:  # also when the caller's watchdog interrupts us: never leave the tree running
             _reap(proc)
     text = err.decode(errors="replace")
     reason, kind = _classify(proc.returncode, text, timed_out, timeout_s)
-    return SandboxResult(kind == "", reason, kind, proc.returncode,
-                         out.decode(errors="replace"), text, time.monotonic() - t0, name)  # fmt: skip
+    out_text, spent = out.decode(errors="replace"), time.monotonic() - t0
+    return SandboxResult(kind == "", reason, kind, proc.returncode, out_text, text, spent, name)
 
 
 if __name__ == "__main__":  # the namespaces backend's launcher (see _launch)

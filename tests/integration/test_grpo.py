@@ -47,9 +47,13 @@ def _raw(tmp_path, n=16, **sections):
     grpo.update(sections.pop("grpo", {}))
     train_opts = {"max_steps": 3, "batch_size": 2, "lr": 1e-2, **sections.pop("train", {})}
     return tiny_config(
-        tmp_path / "run", data, stage="grpo", grpo=grpo, train=train_opts,
+        tmp_path / "run",
+        data,
+        stage="grpo",
+        grpo=grpo,
+        train=train_opts,
         **{"method": {"name": "full"}, **sections},
-    )  # fmt: skip
+    )
 
 
 def _cfg(tmp_path, **sections):
@@ -60,8 +64,16 @@ def test_first_step_loss_is_zero_but_gradient_is_not(tmp_path):
     hist = train(_cfg(tmp_path, train={"max_steps": 2})).history
     assert hist[0]["loss"] == pytest.approx(0.0, abs=1e-7)
     assert hist[0]["grad_norm"] > 1e-4
-    for key in ("reward", "reward/letter_share", "kl", "clip_fraction", "entropy",
-                "completion_len", "zero_adv_groups", "time/generate"):  # fmt: skip
+    for key in (
+        "reward",
+        "reward/letter_share",
+        "kl",
+        "clip_fraction",
+        "entropy",
+        "completion_len",
+        "zero_adv_groups",
+        "time/generate",
+    ):
         assert key in hist[0], key
     assert hist[0]["clip_fraction"] == 0.0 and hist[0]["kl"] == 0.0
 
@@ -82,9 +94,10 @@ def test_batch_times_accum_equivalence(tmp_path):
 
 def test_reward_rises(tmp_path):
     cfg = _cfg(
-        tmp_path, grpo={"group_size": 8, "beta": 0.02, "temperature": 1.0},
+        tmp_path,
+        grpo={"group_size": 8, "beta": 0.02, "temperature": 1.0},
         train={"max_steps": 12, "lr": 1e-2, "batch_size": 4},
-    )  # fmt: skip
+    )
     hist = train(cfg).history  # measured: 0.08 -> 0.42, KL 0.6 at step 12
     first = sum(h["reward"] for h in hist[:3]) / 3
     last = sum(h["reward"] for h in hist[-3:]) / 3
@@ -99,9 +112,17 @@ def has_e(prompts, completions, **kw):
 
 def test_dynamic_sampling_refills_dropped_groups_from_further_prompts(tmp_path):
     def run(refill, name):
-        cfg = _cfg(tmp_path / name, n=64, train={"max_steps": 4, "batch_size": 4},
-                   grpo={"group_size": 2, "rewards": ["tests.integration.test_grpo:has_e"],
-                         "dynamic_sampling": True, "refill_rounds": refill})  # fmt: skip
+        cfg = _cfg(
+            tmp_path / name,
+            n=64,
+            train={"max_steps": 4, "batch_size": 4},
+            grpo={
+                "group_size": 2,
+                "rewards": ["tests.integration.test_grpo:has_e"],
+                "dynamic_sampling": True,
+                "refill_rounds": refill,
+            },
+        )
         return train(cfg).history
 
     plain, refilled = run(0, "plain"), run(6, "refill")
@@ -126,8 +147,12 @@ def kill_and_resume(tmp_path, make_raw, total: int, kill_at: int) -> tuple[dict,
     ``make_raw(dir, train_overrides)`` builds the raw config."""
     configs = {}
     for name in ("straight", "killed"):
-        train_opts = {"max_steps": total, "save_every": 1, "keep_last": 2,
-                      "output_dir": str(tmp_path / name / "run")}  # fmt: skip
+        train_opts = {
+            "max_steps": total,
+            "save_every": 1,
+            "keep_last": 2,
+            "output_dir": str(tmp_path / name / "run"),
+        }
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(make_raw(tmp_path / name, train_opts)))
     straight = _strop_train(configs["straight"])
@@ -157,10 +182,15 @@ def test_kill_and_resume_inside_an_iteration_cycle_is_bit_identical(tmp_path):
     # num_iterations 2: step 3 reuses step 2's rollouts
     ma, mb, a, b = kill_and_resume(
         tmp_path,
-        lambda d, train_opts: _raw(d, method={"name": "lora", "r": 4, "dropout": 0.1},
-                                   grpo={"num_iterations": 2, "beta": 0.05}, train=train_opts),
-        total=6, kill_at=3,
-    )  # fmt: skip
+        lambda d, train_opts: _raw(
+            d,
+            method={"name": "lora", "r": 4, "dropout": 0.1},
+            grpo={"num_iterations": 2, "beta": 0.05},
+            train=train_opts,
+        ),
+        total=6,
+        kill_at=3,
+    )
     for step in ma:
         for k in ("loss", "grad_norm", "tokens", "reward", "kl", "clip_fraction"):
             assert ma[step][k] == mb[step][k], (step, k)
@@ -180,7 +210,7 @@ GOLDEN_CASES = {
             "temperature": 0.9,
             "top_p": 0.95,
         },
-    ),  # fmt: skip
+    ),
     "grpo-full-dr": (None, {"aggregation": "dr_grpo", "scale_rewards": False}),
 }
 
@@ -192,9 +222,15 @@ def test_golden_trajectory(tmp_path, case):
         tmp_path,
         method=method or {"name": "full"},
         grpo=grpo,
-        train={"max_steps": 12, "batch_size": 2, "grad_accum": 2, "warmup": 2, "seed": 3,
-               "lr": 3e-3},
-    )  # fmt: skip
+        train={
+            "max_steps": 12,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "warmup": 2,
+            "seed": 3,
+            "lr": 3e-3,
+        },
+    )
     history = train(cfg).history
     keys = ("loss", "grad_norm", "tokens", "reward", "kl")
     got = [{k: h[k] for k in ("step", *keys)} for h in history]

@@ -74,12 +74,19 @@ def test_pt_splits_long_documents_and_trains_every_token(tmp_path):
         "grey",
         "sea",
     ]
-    texts = [" ".join(words[(i + k) % len(words)] for k in range(n)) for i, n in
-             enumerate((4, 30, 75, 120, 9, 160))]  # fmt: skip
+    texts = [
+        " ".join(words[(i + k) % len(words)] for k in range(n))
+        for i, n in enumerate((4, 30, 75, 120, 9, 160))
+    ]
     path = tmp_path / "text.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    raw = tiny_config(tmp_path / "run", path, stage="pt", data={"max_length": 32, "packing": True},
-                      train={"max_steps": None, "epochs": 1, "batch_size": 1})  # fmt: skip
+    raw = tiny_config(
+        tmp_path / "run",
+        path,
+        stage="pt",
+        data={"max_length": 32, "packing": True},
+        train={"max_steps": None, "epochs": 1, "batch_size": 1},
+    )
     cfg = load_config(None, raw=raw)
     tok = load_tokenizer(resolve_model(cfg.model.name))
     rows = build_datasets(cfg.data, cfg.stage, tok, cfg.train.seed).train.rows

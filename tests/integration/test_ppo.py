@@ -28,9 +28,13 @@ def _raw(tmp_path, n=16, **sections):
     ppo.update(sections.pop("ppo", {}))
     train_opts = {"max_steps": 3, "batch_size": 4, "lr": 1e-2, **sections.pop("train", {})}
     return tiny_config(
-        tmp_path / "run", data, stage="ppo", ppo=ppo, train=train_opts,
+        tmp_path / "run",
+        data,
+        stage="ppo",
+        ppo=ppo,
+        train=train_opts,
         **{"method": {"name": "full"}, **sections},
-    )  # fmt: skip
+    )
 
 
 def _cfg(tmp_path, **sections):
@@ -44,9 +48,20 @@ def test_first_step_policy_loss_is_zero_but_gradient_is_not(tmp_path):
     first = res.history[0]
     assert first["loss"] == pytest.approx(0.0, abs=1e-7)
     assert first["grad_norm"] > 1e-4
-    for key in ("reward", "reward/letter_share", "kl", "kl_coef", "value_loss", "clip_fraction",
-                "value_clip_fraction", "entropy", "explained_variance", "completion_len",
-                "time/generate", "time/values"):  # fmt: skip
+    for key in (
+        "reward",
+        "reward/letter_share",
+        "kl",
+        "kl_coef",
+        "value_loss",
+        "clip_fraction",
+        "value_clip_fraction",
+        "entropy",
+        "explained_variance",
+        "completion_len",
+        "time/generate",
+        "time/values",
+    ):
         assert key in first, key
     # the policy is still the reference: the sampler's incremental log-probs and a full
     # forward differ only by fp32 summation order (measured 3.6e-7 nats with 2 threads)
@@ -58,15 +73,16 @@ def test_batch_times_accum_equivalence(tmp_path):
     runs = {}
     for bs, acc in ((4, 1), (1, 4), (2, 2)):
         cfg = _cfg(tmp_path / f"{bs}x{acc}", train={"batch_size": bs, "grad_accum": acc})
-        runs[bs] = [(h["loss"], h["grad_norm"], h["kl"], h["value_loss"]) for h in train(cfg).history]  # fmt: skip
+        runs[bs] = [
+            (h["loss"], h["grad_norm"], h["kl"], h["value_loss"]) for h in train(cfg).history
+        ]
     for other in (1, 2):  # the loss is a near-cancelling sum (advantages whiten to mean 0):
         for a, b in zip(runs[4], runs[other], strict=True):  # fp32 order noise ~1e-7 absolute
             assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
 
 
 def test_reward_rises_and_kl_stays_bounded(tmp_path):
-    cfg = _cfg(tmp_path, ppo={"samples_per_prompt": 4, "kl_coef": 0.02},
-               train={"max_steps": 16})  # fmt: skip
+    cfg = _cfg(tmp_path, ppo={"samples_per_prompt": 4, "kl_coef": 0.02}, train={"max_steps": 16})
     hist = train(cfg).history  # measured: 0.12 -> 0.26 (mean of first/last 3), KL ~4 nats
     first = sum(h["reward"] for h in hist[:3]) / 3
     last = sum(h["reward"] for h in hist[-3:]) / 3
@@ -76,8 +92,13 @@ def test_reward_rises_and_kl_stays_bounded(tmp_path):
 
 def test_reward_model_trained_by_stage_rm_scores_the_rollouts(tmp_path):
     pairs = write_preference_jsonl(tmp_path / "pairs.jsonl", n=24, seed=2)
-    rm_raw = tiny_config(tmp_path / "rm", pairs, stage="rm", method={"name": "full"},
-                         train={"max_steps": 4, "batch_size": 4, "lr": 3e-3})  # fmt: skip
+    rm_raw = tiny_config(
+        tmp_path / "rm",
+        pairs,
+        stage="rm",
+        method={"name": "full"},
+        train={"max_steps": 4, "batch_size": 4, "lr": 3e-3},
+    )
     rm = train(load_config(None, raw=rm_raw))
     spec = {"name": "reward_model", "args": {"path": str(rm.final_dir)}}
     res = train(_cfg(tmp_path / "ppo", ppo={"rewards": [spec]}, train={"max_steps": 2}))
@@ -87,8 +108,11 @@ def test_reward_model_trained_by_stage_rm_scores_the_rollouts(tmp_path):
 
 
 def test_adaptive_kl_moves_the_coefficient(tmp_path):
-    cfg = _cfg(tmp_path, ppo={"adaptive_kl": True, "kl_target": 0.1, "kl_horizon": 20},
-               train={"max_steps": 4})  # fmt: skip
+    cfg = _cfg(
+        tmp_path,
+        ppo={"adaptive_kl": True, "kl_target": 0.1, "kl_horizon": 20},
+        train={"max_steps": 4},
+    )
     coefs = [h["kl_coef"] for h in train(cfg).history]
     kls = [h["kl"] for h in train(_cfg(tmp_path / "b", train={"max_steps": 4})).history]
     assert coefs[0] == 0.05 and kls[1] > 0.1  # KL above target after the first update ...
@@ -101,8 +125,9 @@ def test_kill_and_resume_inside_an_iteration_cycle_is_bit_identical(tmp_path):
     ma, mb, a, b = kill_and_resume(
         tmp_path,
         lambda d, train_opts: _raw(d, method={**LORA, "dropout": 0.1}, ppo=ppo, train=train_opts),
-        total=6, kill_at=3,
-    )  # fmt: skip
+        total=6,
+        kill_at=3,
+    )
     for step in ma:
         for k in ("loss", "grad_norm", "tokens", "reward", "kl", "kl_coef", "value_loss"):
             assert ma[step][k] == mb[step][k], (step, k)
@@ -123,7 +148,7 @@ GOLDEN_CASES = {
             "temperature": 0.9,
             "top_p": 0.95,
         },
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -134,9 +159,15 @@ def test_golden_trajectory(tmp_path, case):
         tmp_path,
         method=method or {"name": "full"},
         ppo=ppo,
-        train={"max_steps": 12, "batch_size": 2, "grad_accum": 2, "warmup": 2, "seed": 3,
-               "lr": 3e-3},
-    )  # fmt: skip
+        train={
+            "max_steps": 12,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "warmup": 2,
+            "seed": 3,
+            "lr": 3e-3,
+        },
+    )
     history = train(cfg).history
     keys = ("loss", "grad_norm", "tokens", "reward", "kl", "value_loss")
     got = [{k: h[k] for k in ("step", *keys)} for h in history]
@@ -162,12 +193,18 @@ def test_refusals(tmp_path):
 def test_bf16_lora_with_an_adapter_off_reference(tmp_path, stage):
     """bf16 autocast stores the frozen linears in bf16: sampling, the adapter-off reference,
     the value head and greedy eval must all run under the training precision."""
-    raw = _raw(tmp_path, method=LORA, data={"eval": 0.25},
-               train={"max_steps": 2, "precision": "bf16", "eval_every": 1})  # fmt: skip
+    raw = _raw(
+        tmp_path,
+        method=LORA,
+        data={"eval": 0.25},
+        train={"max_steps": 2, "precision": "bf16", "eval_every": 1},
+    )
     if stage == "grpo":
         del raw["ppo"]
-        raw.update(stage="grpo", grpo={"group_size": 2, "max_new_tokens": 12, "beta": 0.05,
-                                       "rewards": [ALPHA]})  # fmt: skip
+        raw.update(
+            stage="grpo",
+            grpo={"group_size": 2, "max_new_tokens": 12, "beta": 0.05, "rewards": [ALPHA]},
+        )
     res = train(load_config(None, raw=raw))
     hist = res.history
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["grad_norm"]) for h in hist)
@@ -184,7 +221,10 @@ def test_bf16_lora_with_an_adapter_off_reference(tmp_path, stage):
         0.0 <= e["eval_reward"] <= 1.0 and e["eval_loss"] == -e["eval_reward"] for e in evals
     )
     # the adapter trained and stayed finite
-    lora_b = [v for k, v in load_file(res.final_dir / "adapter_model.safetensors").items()
-              if "lora_B" in k]  # fmt: skip
+    lora_b = [
+        v
+        for k, v in load_file(res.final_dir / "adapter_model.safetensors").items()
+        if "lora_B" in k
+    ]
     assert lora_b and all(torch.isfinite(b).all() for b in lora_b)
     assert any(b.abs().max() > 0 for b in lora_b)

@@ -20,8 +20,16 @@ def test_example_config_runs_end_to_end(tmp_path: Path):
     proc = strop("prepare", "examples/prepare/config.yaml", f"output.dir={out}", "num_workers=2")
     assert proc.returncode == 0, proc.stderr
     assert "records written" in proc.stdout and "dedup_near" in proc.stdout
-    for name in ("data.train.jsonl", "data.eval.jsonl", "data.train.parquet", "quarantine.jsonl",
-                 "report.json", "report.md", "lengths.png", "config.yaml"):  # fmt: skip
+    for name in (
+        "data.train.jsonl",
+        "data.eval.jsonl",
+        "data.train.parquet",
+        "quarantine.jsonl",
+        "report.json",
+        "report.md",
+        "lengths.png",
+        "config.yaml",
+    ):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}

@@ -23,8 +23,15 @@ def strop(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"},
-                          {"role": "assistant", "content": f"a{i}"}]} for i in range(5)]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}"},
+            ]
+        }
+        for i in range(5)
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "prep.yaml").write_text("inputs: [in.jsonl]\noutput: {dir: out}\n")
     (tmp_path / "a-file").write_text("not a directory\n")

@@ -47,8 +47,10 @@ def run(tmp: Path, data: Path, **top):
 
 
 def outputs(res) -> tuple:
-    counts = [{k: v for k, v in s.items() if "seconds" not in k and k != "records_per_s"}
-              for s in res.report["steps"]]  # fmt: skip
+    counts = [
+        {k: v for k, v in s.items() if "seconds" not in k and k != "records_per_s"}
+        for s in res.report["steps"]
+    ]
     files = [res.files[k].read_bytes() for k in ("train", "eval", "quarantine")]
     return files, counts, res.report["input"], res.report["output"]["records"]
 

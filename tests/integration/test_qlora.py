@@ -141,8 +141,9 @@ def test_qlora_loss_tracks_lora_on_the_same_data(tmp_path):
     losses = {}
     for name in ("lora", "qlora"):
         method = {"name": name, "r": 4, "alpha": 8, "init": "gaussian"}
-        raw = tiny_config(tmp_path / name, data, method=method,
-                          train={"max_steps": 6, "lr": 3e-3, "seed": 3})  # fmt: skip
+        raw = tiny_config(
+            tmp_path / name, data, method=method, train={"max_steps": 6, "lr": 3e-3, "seed": 3}
+        )
         losses[name] = [h["loss"] for h in train(load_config(None, raw=raw)).history]
     for a, b in zip(losses["lora"], losses["qlora"], strict=True):
         assert b == pytest.approx(a, rel=5e-3)

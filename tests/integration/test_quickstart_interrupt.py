@@ -17,11 +17,19 @@ def quickstart(tmp_path: Path, **env: str) -> subprocess.Popen:
     rows = (REPO / "examples/events/train.jsonl").read_text().splitlines()[:16]
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
     cmd = [
-        sys.executable, "examples/events/quickstart.py", "--eval-n", "1", "model.name=tiny-llama",
-        f"data.train={tmp_path / 'train.jsonl'}", "data.eval=null",
-        f"train.output_dir={tmp_path / 'run'}", "train.max_steps=40", "train.precision=fp32",
-        "train.batch_size=1", "train.progress=false",
-    ]  # fmt: skip
+        sys.executable,
+        "examples/events/quickstart.py",
+        "--eval-n",
+        "1",
+        "model.name=tiny-llama",
+        f"data.train={tmp_path / 'train.jsonl'}",
+        "data.eval=null",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=40",
+        "train.precision=fp32",
+        "train.batch_size=1",
+        "train.progress=false",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **env}
     env.pop("STROP_DEBUG", None)
     return subprocess.Popen(

@@ -37,8 +37,11 @@ def _strop_train(cfg_path: Path, *overrides: str, log: Path | None = None) -> su
     out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "strop.cli", "train", str(cfg_path), *overrides],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, pattern: str = "", timeout: float = 300) -> None:
@@ -83,8 +86,10 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_frees_the_
         first.send_signal(signal.SIGKILL)  # dies holding the lock: the kernel releases it
         first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL
-    saved = max(int(p.parent.name.split("-")[1])
-                for p in (tmp_path / "run" / "checkpoints").glob("step-*/COMMITTED"))  # fmt: skip
+    saved = max(
+        int(p.parent.name.split("-")[1])
+        for p in (tmp_path / "run" / "checkpoints").glob("step-*/COMMITTED")
+    )
     third = _strop_train(cfg, f"train.max_steps={saved + 2}")
     out, err = third.communicate(timeout=300)
     assert third.returncode == 0, err
@@ -123,8 +128,14 @@ def test_a_harmless_change_resumes_and_resume_never_moves_the_old_run_aside(tmp_
 
 
 def test_a_run_that_diverges_exits_non_zero_without_final(tmp_path):
-    blow_up = {"lr": 1e30, "max_grad_norm": None, "warmup": 0, "schedule": "constant",
-               "save_every": 0, "max_nan_skips": 100}  # fmt: skip
+    blow_up = {
+        "lr": 1e30,
+        "max_grad_norm": None,
+        "warmup": 0,
+        "schedule": "constant",
+        "save_every": 0,
+        "max_nan_skips": 100,
+    }
     raw = _raw(tmp_path, method={"name": "full"}, train=blow_up)
     with pytest.raises(StropRuntimeError, match="skipped as non-finite|not finite"):
         train(load_config(None, raw=raw))

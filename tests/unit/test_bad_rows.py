@@ -43,12 +43,21 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 # The row appended after N_GOOD good ones -> words its problem must contain.
 OPENS_WRONG = {
     "messages, assistant first": (
-        {"messages": msgs(("assistant", "Hello!"), ("user", "hi"), ("assistant", "How can I help?"))},
+        {
+            "messages": msgs(
+                ("assistant", "Hello!"), ("user", "hi"), ("assistant", "How can I help?")
+            )
+        },
         "messages[0]: the conversation opens with an assistant turn",
     ),
     "sharegpt, gpt first": (
-        {"conversations": [{"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "hi"},
-                           {"from": "gpt", "value": "How can I help?"}]},
+        {
+            "conversations": [
+                {"from": "gpt", "value": "Hello!"},
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "How can I help?"},
+            ]
+        },
         "conversations[0]: the conversation opens with an assistant turn",
     ),
     "assistant right after the system message": (
@@ -63,7 +72,7 @@ OPENS_WRONG = {
         {"messages": msgs(("user", "anyone there?"))},
         "conversation has no assistant turn",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(OPENS_WRONG))
@@ -92,8 +101,10 @@ def test_pretraining_reads_any_turn_order(tmp_path: Path):
 
 
 def test_a_record_made_in_code_that_opens_with_the_assistant_is_one_sentence():
-    rec = Record("made:1", messages=[Message("assistant", "Hi"), Message("user", "q"),
-                                     Message("assistant", "a")])  # fmt: skip
+    rec = Record(
+        "made:1",
+        messages=[Message("assistant", "Hi"), Message("user", "q"), Message("assistant", "a")],
+    )
     tok = _tokenizer()
     with pytest.raises(TemplateProblem) as err:
         tokenize_records(tok, [rec], mask="assistant", max_length=64, truncation="right")
@@ -138,11 +149,15 @@ def _tokenizer(template: str | None = None):
 
 
 UNRENDERABLE = [
-    ({"messages": msgs(("user", "weather?"), ("tool", "21C"), ("assistant", "Warm."))},
-     "Only user and assistant roles are supported"),
-    ({"messages": msgs(("user", "one"), ("user", "two"), ("assistant", "three"))},
-     "Conversation roles must alternate"),
-]  # fmt: skip
+    (
+        {"messages": msgs(("user", "weather?"), ("tool", "21C"), ("assistant", "Warm."))},
+        "Only user and assistant roles are supported",
+    ),
+    (
+        {"messages": msgs(("user", "one"), ("user", "two"), ("assistant", "three"))},
+        "Conversation roles must alternate",
+    ),
+]
 
 
 def _data(tmp_path: Path, **kw) -> tuple[Path, DataSection]:
@@ -156,8 +171,9 @@ def test_what_the_template_cannot_render_is_quarantined_and_counted(tmp_path: Pa
     path, data = _data(tmp_path, max_bad_fraction=0.1)
     out = build_datasets(data, "sft", _tokenizer(STRICT), seed=0, run_dir=tmp_path)
     assert len(out.train.samples) == N_GOOD
-    entries = [json.loads(x) for x in (tmp_path / "quarantine-train.jsonl").read_text().split("\n")
-               if x]  # fmt: skip
+    entries = [
+        json.loads(x) for x in (tmp_path / "quarantine-train.jsonl").read_text().split("\n") if x
+    ]
     assert [e["origin"] for e in entries] == [f"{path}:{N_GOOD + 1}", f"{path}:{N_GOOD + 2}"]
     for entry, (row, needle) in zip(entries, UNRENDERABLE, strict=True):
         assert "chat template cannot render this conversation" in entry["problem"]
@@ -185,10 +201,17 @@ def test_unrenderable_rows_held_out_for_eval_count_for_the_train_file(tmp_path: 
 
 
 def test_an_unrenderable_preference_pair_is_a_bad_row(tmp_path: Path):
-    rows = [{"prompt": f"question {i}", "chosen": f"good {i}", "rejected": f"bad {i}"}
-            for i in range(N_GOOD)]  # fmt: skip
-    rows.append({"prompt": msgs(("user", "weather?"), ("tool", "21C")), "chosen": "Warm.",
-                 "rejected": "Cold."})  # fmt: skip
+    rows = [
+        {"prompt": f"question {i}", "chosen": f"good {i}", "rejected": f"bad {i}"}
+        for i in range(N_GOOD)
+    ]
+    rows.append(
+        {
+            "prompt": msgs(("user", "weather?"), ("tool", "21C")),
+            "chosen": "Warm.",
+            "rejected": "Cold.",
+        }
+    )
     path = write_rows(tmp_path / "pairs.jsonl", rows)
     data = DataSection(train=str(path), eval=None, max_length=128, max_bad_fraction=0.1)
     out = build_datasets(data, "dpo", _tokenizer(STRICT), seed=0, run_dir=tmp_path)

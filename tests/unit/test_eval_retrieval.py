@@ -68,10 +68,15 @@ def _task(tmp_path, queries, corpus, **extra):
     raw = {
         "models": {"m": "tiny-llama"},
         "tasks": [
-            {"name": "r", "type": "retrieval", "data": str(queries),
-             **({"corpus": str(corpus)} if corpus else {}), **extra}
+            {
+                "name": "r",
+                "type": "retrieval",
+                "data": str(queries),
+                **({"corpus": str(corpus)} if corpus else {}),
+                **extra,
+            }
         ],
-    }  # fmt: skip
+    }
     return load_eval_config(None, [], raw=raw).tasks[0]
 
 

@@ -27,8 +27,16 @@ DECODING = {"batch_size", "max_new_tokens", "temperature", "top_p", "stop"}
 
 # Task type -> the keys it has besides COMMON: what its runner (and its loader) reads.
 OWN_KEYS = {
-    "generation": {"format", *DECODING, "metrics", "n_samples", "pass_at_k", "pass_check",
-                   "pass_pattern", "bleu_tokenize"},
+    "generation": {
+        "format",
+        *DECODING,
+        "metrics",
+        "n_samples",
+        "pass_at_k",
+        "pass_check",
+        "pass_pattern",
+        "bleu_tokenize",
+    },
     "perplexity": {"format", "max_length", "kind", "mask"},
     "multiple_choice": {"batch_size", "max_length", "dev", "shots", "score", "chat_template"},
     "preference": {"format", "batch_size", "max_length"},
@@ -36,7 +44,7 @@ OWN_KEYS = {
     "reward": {"format", *DECODING, "reward_model"},
     "judge": {"format", *DECODING, "max_length", "judge", "judge_adapter", "chat_template"},
     "retrieval": {"batch_size", "max_length", "corpus", "embedder", "recall_at"},
-}  # fmt: skip
+}
 
 
 def test_every_type_has_a_class_with_exactly_its_keys():
@@ -60,22 +68,32 @@ def _load(task: dict):
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        ({"type": "perplexity", "shots": 2},
-         "tasks.0 (perplexity): task 't': unknown key 'shots' (multiple_choice tasks only)"),
-        ({"type": "generation", "mask": "all"},
-         "tasks.0 (generation): task 't': unknown key 'mask' (perplexity tasks only)"),
-        ({"type": "multiple_choice", "format": "alpaca"},
-         "task 't': unknown key 'format' (generation / perplexity / preference / reward / "
-         "judge tasks only)"),
-        ({"type": "retrieval", "chat_template": True},
-         "task 't': unknown key 'chat_template' (multiple_choice / classification / judge "
-         "tasks only)"),
-        ({"type": "perplexity", "batch_size": 4},
-         "task 't': unknown key 'batch_size' (generation / multiple_choice / preference / "
-         "classification / reward / judge / retrieval tasks only)"),
+        (
+            {"type": "perplexity", "shots": 2},
+            "tasks.0 (perplexity): task 't': unknown key 'shots' (multiple_choice tasks only)",
+        ),
+        (
+            {"type": "generation", "mask": "all"},
+            "tasks.0 (generation): task 't': unknown key 'mask' (perplexity tasks only)",
+        ),
+        (
+            {"type": "multiple_choice", "format": "alpaca"},
+            "task 't': unknown key 'format' (generation / perplexity / preference / reward / "
+            "judge tasks only)",
+        ),
+        (
+            {"type": "retrieval", "chat_template": True},
+            "task 't': unknown key 'chat_template' (multiple_choice / classification / judge "
+            "tasks only)",
+        ),
+        (
+            {"type": "perplexity", "batch_size": 4},
+            "task 't': unknown key 'batch_size' (generation / multiple_choice / preference / "
+            "classification / reward / judge / retrieval tasks only)",
+        ),
         ({"type": "preference", "max_new_tokens": 4}, "unknown key 'max_new_tokens'"),
     ],
-)  # fmt: skip
+)
 def test_a_key_of_another_type_is_refused_naming_it_and_the_task(tmp_path, task, message):
     with pytest.raises(StropError) as err:
         _load({"name": "t", "data": str(tmp_path / "d.jsonl"), **task})
@@ -85,14 +103,20 @@ def test_a_key_of_another_type_is_refused_naming_it_and_the_task(tmp_path, task,
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        ({"type": "perplexity", "limt": 3},
-         ["tasks.0 (perplexity): unknown key 'limt'; did you mean 'limit'?"]),
-        ({"type": "generatoin"},
-         ["tasks.0.type: unknown type 'generatoin' (known: generation, perplexity, ",
-          "; did you mean 'generation'?"]),
+        (
+            {"type": "perplexity", "limt": 3},
+            ["tasks.0 (perplexity): unknown key 'limt'; did you mean 'limit'?"],
+        ),
+        (
+            {"type": "generatoin"},
+            [
+                "tasks.0.type: unknown type 'generatoin' (known: generation, perplexity, ",
+                "; did you mean 'generation'?",
+            ],
+        ),
         ({}, ["tasks.0.type: required (one of generation, perplexity, "]),
     ],
-)  # fmt: skip
+)
 def test_typos_and_bad_types_name_the_key(tmp_path, task, message):
     with pytest.raises(StropError) as err:
         _load({"name": "t", "data": str(tmp_path / "d.jsonl"), **task})
@@ -103,12 +127,19 @@ def test_typos_and_bad_types_name_the_key(tmp_path, task, message):
 def test_each_task_validates_as_its_types_class(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("{}\n")
-    cfg = load_eval_config(None, [], raw={"models": {"m": "tiny-llama"}, "tasks": [
-        {"name": "g", "type": "generation", "data": str(data)},
-        {"name": "p", "type": "perplexity", "data": str(data), "kind": "text"},
-        {"name": "c", "type": "classification", "data": str(data), "labels": ["a", "b"]},
-        {"name": "r", "type": "retrieval", "data": str(data), "corpus": str(data)},
-    ]})  # fmt: skip
+    cfg = load_eval_config(
+        None,
+        [],
+        raw={
+            "models": {"m": "tiny-llama"},
+            "tasks": [
+                {"name": "g", "type": "generation", "data": str(data)},
+                {"name": "p", "type": "perplexity", "data": str(data), "kind": "text"},
+                {"name": "c", "type": "classification", "data": str(data), "labels": ["a", "b"]},
+                {"name": "r", "type": "retrieval", "data": str(data), "corpus": str(data)},
+            ],
+        },
+    )
     types = [type(t) for t in cfg.tasks]
     assert types == [GenerationTask, PerplexityTask, ClassificationTask, RetrievalTask]
     assert cfg.tasks[0].metrics == ["exact_match", "token_f1"]

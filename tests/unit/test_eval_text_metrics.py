@@ -13,8 +13,16 @@ from strop.eval.stats import paired_bootstrap, reduce_stats
 
 def test_rouge_tokens_split_cjk_into_characters_and_lowercase_words():
     assert tm.rouge_tokens("The GPT-4 model, 发布了！ ok_go") == [
-        "the", "gpt", "4", "model", "发", "布", "了", "ok", "go",
-    ]  # fmt: skip
+        "the",
+        "gpt",
+        "4",
+        "model",
+        "发",
+        "布",
+        "了",
+        "ok",
+        "go",
+    ]
     assert tm.rouge_tokens("ひらがなカタカナ") == list("ひらがなカタカナ")
     assert tm.rouge_tokens("  ,.;! ") == []
 
@@ -139,9 +147,14 @@ def test_score_generations_means_sentence_metrics_and_pools_corpus_statistics():
     from strop.eval.generation import score_generations
 
     task = GenerationTask(
-        name="g", type="generation", data="x", metrics=["rouge", "bleu", "chrf"],
-        temperature=1.0, n_samples=2, pass_at_k=[1, 2],
-    )  # fmt: skip
+        name="g",
+        type="generation",
+        data="x",
+        metrics=["rouge", "bleu", "chrf"],
+        temperature=1.0,
+        n_samples=2,
+        pass_at_k=[1, 2],
+    )
     samples = [["the cat sat on the mat", "the cat"], ["hello world", "hello world"]]
     refs = ["the cat is on the mat", "hello world"]
     got = score_generations(task, samples, refs, ["a:1", "a:2"])

@@ -24,10 +24,38 @@ N_CONVERSATIONS = 50
 # Content pieces: unicode (multi-byte, emoji), whitespace, digits, punctuation, and strings that
 # look like role names or headers of other templates (never the tokenizer's own special tokens).
 PIECES = [
-    "hello", "world", "Sure", " ", "  ", "\n", "\n\n", "\t", "héllo", "日本語", "🙂", "Ω≈ç√",
-    "12345", "3.14", "0", "assistant", "user", "system", "Assistant:", "User:", "### Response:",
-    "<|assistant|>", "<|user|>", "\nassistant\n", "[INST]", "im_start", ",", ".", "!", "'s", "-",
-]  # fmt: skip
+    "hello",
+    "world",
+    "Sure",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    "héllo",
+    "日本語",
+    "🙂",
+    "Ω≈ç√",
+    "12345",
+    "3.14",
+    "0",
+    "assistant",
+    "user",
+    "system",
+    "Assistant:",
+    "User:",
+    "### Response:",
+    "<|assistant|>",
+    "<|user|>",
+    "\nassistant\n",
+    "[INST]",
+    "im_start",
+    ",",
+    ".",
+    "!",
+    "'s",
+    "-",
+]
 
 
 @dataclass

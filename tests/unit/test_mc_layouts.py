@@ -84,11 +84,19 @@ def test_mmlu_dev_and_test_files_share_a_subject_for_shots(tmp_path: Path):
 
 def test_hf_jsonl_with_choices_list_and_index_answer(tmp_path: Path):
     rows = [
-        {"question": "Which gas do plants take in?", "subject": "botany",
-         "choices": ["Oxygen", "Carbon dioxide", "Helium", "Neon"], "answer": 1},
-        {"question": "Roots mostly absorb?", "subject": "botany",
-         "choices": ["Water", "Light", "Sound", "Heat"], "answer": 0},
-    ]  # fmt: skip
+        {
+            "question": "Which gas do plants take in?",
+            "subject": "botany",
+            "choices": ["Oxygen", "Carbon dioxide", "Helium", "Neon"],
+            "answer": 1,
+        },
+        {
+            "question": "Roots mostly absorb?",
+            "subject": "botany",
+            "choices": ["Water", "Light", "Sound", "Heat"],
+            "answer": 0,
+        },
+    ]
     path = write(tmp_path / "botany.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     a, b = load_mc_file(path)
     assert (a.answer, b.answer) == (1, 0) and a.subject == "botany"
@@ -106,12 +114,14 @@ def test_parquet_export_with_choices_list(tmp_path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "question": ["Which planet is closest to the Sun?", "What is frozen water?"],
-        "subject": ["astronomy", "chemistry"],
-        "choices": [["Mars", "Mercury", "Venus"], ["Steam", "Ice", "Mist"]],
-        "answer": [1, 1],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "question": ["Which planet is closest to the Sun?", "What is frozen water?"],
+            "subject": ["astronomy", "chemistry"],
+            "choices": [["Mars", "Mercury", "Venus"], ["Steam", "Ice", "Mist"]],
+            "answer": [1, 1],
+        }
+    )
     pq.write_table(table, tmp_path / "test.parquet")
     a, b = load_mc_file(tmp_path / "test.parquet")
     assert a.choices == ["Mars", "Mercury", "Venus"] and (a.answer, b.answer) == (1, 1)

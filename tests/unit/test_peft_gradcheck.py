@@ -39,8 +39,9 @@ def _dora_model():
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["lin"], use_dora=True,
-                     init_lora_weights=False)  # fmt: skip
+    cfg = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["lin"], use_dora=True, init_lora_weights=False
+    )
     model = get_peft_model(_One().double(), cfg).double()
     params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return model, params

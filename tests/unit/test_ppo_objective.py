@@ -17,8 +17,16 @@ LENGTHS = [3, 1, 4]
 
 
 def _section(**kw):
-    base = dict(kl_penalty="reward", whiten_rewards=False, whiten_advantages=True, gamma=0.9,
-                lam=0.8, epsilon=0.2, value_clip=0.1, vf_coef=0.5)  # fmt: skip
+    base = dict(
+        kl_penalty="reward",
+        whiten_rewards=False,
+        whiten_advantages=True,
+        gamma=0.9,
+        lam=0.8,
+        epsilon=0.2,
+        value_clip=0.1,
+        vf_coef=0.5,
+    )
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -37,7 +45,10 @@ def _reference_advantages(scores, old, ref, values, s, beta):
     """Per completion: r_t = -beta (old_t - ref_t) [+ score at the end]; GAE by the backward
     recursion; then (optionally) whitening over every token of the batch."""
     kl_w = beta if s.kl_penalty == "reward" else 0.0
-    rewards = [[-kl_w * (o - r) for o, r in zip(oo, rr, strict=True)] for oo, rr in zip(old, ref, strict=True)]  # fmt: skip
+    rewards = [
+        [-kl_w * (o - r) for o, r in zip(oo, rr, strict=True)]
+        for oo, rr in zip(old, ref, strict=True)
+    ]
     for i, sc in enumerate(scores):
         rewards[i][-1] += sc
     if s.whiten_rewards:
@@ -90,7 +101,9 @@ def test_advantages_and_loss_match_a_per_token_reference(options):
         assert rewards[i, :n].tolist() == pytest.approx(want_r[i], abs=1e-9)
         assert adv[i, :n].tolist() == pytest.approx(want_a[i], abs=1e-9)
         assert ret[i, :n].tolist() == pytest.approx(want_ret[i], abs=1e-9)
-        assert kl[i, :n].tolist() == pytest.approx([o - r for o, r in zip(old[i], ref[i], strict=True)])  # fmt: skip
+        assert kl[i, :n].tolist() == pytest.approx(
+            [o - r for o, r in zip(old[i], ref[i], strict=True)]
+        )
     assert (rewards * (1 - mask)).abs().sum() == 0 and (adv * (1 - mask)).abs().sum() == 0
 
     # Now the loss, at a policy that moved: ratios and value changes inside and outside the clips.
@@ -106,14 +119,29 @@ def test_advantages_and_loss_match_a_per_token_reference(options):
     ref_total, eps = 0.0, 1e-6
     for i, n in enumerate(LENGTHS):
         for t in range(n):
-            args = (lp[i][t], old[i][t], want_a[i][t], v_new[i][t], values[i][t], want_ret[i][t],
-                    ref[i][t], s, beta)  # fmt: skip
+            args = (
+                lp[i][t],
+                old[i][t],
+                want_a[i][t],
+                v_new[i][t],
+                values[i][t],
+                want_ret[i][t],
+                ref[i][t],
+                s,
+                beta,
+            )
             want = _reference_token_loss(*args)
             ref_total += want
             assert loss[i, t].item() == pytest.approx(want, abs=1e-9)
             # gradients by central differences of the reference, w.r.t. log-prob and value
-            d_lp = (_reference_token_loss(args[0] + eps, *args[1:]) - _reference_token_loss(args[0] - eps, *args[1:])) / (2 * eps)  # fmt: skip
-            d_v = (_reference_token_loss(*args[:3], args[3] + eps, *args[4:]) - _reference_token_loss(*args[:3], args[3] - eps, *args[4:])) / (2 * eps)  # fmt: skip
+            d_lp = (
+                _reference_token_loss(args[0] + eps, *args[1:])
+                - _reference_token_loss(args[0] - eps, *args[1:])
+            ) / (2 * eps)
+            d_v = (
+                _reference_token_loss(*args[:3], args[3] + eps, *args[4:])
+                - _reference_token_loss(*args[:3], args[3] - eps, *args[4:])
+            ) / (2 * eps)
             assert lp_t.grad[i, t].item() == pytest.approx(d_lp, abs=1e-6)
             assert v_t.grad[i, t].item() == pytest.approx(d_v, abs=1e-6)
     assert total.item() == pytest.approx(ref_total, abs=1e-9)
@@ -127,8 +155,9 @@ def test_first_iteration_policy_term_is_zero_with_whitened_advantages():
     s, rng = _section(vf_coef=0.0), random.Random(1)
     old, values = _pad(_ragged(rng, -3, -0.5)), _pad(_ragged(rng))
     mask = _pad([[1.0] * n for n in LENGTHS])
-    _, adv, ret, _ = ppo_advantages(torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64), old,
-                                    None, values, mask, s, 0.0)  # fmt: skip
+    _, adv, ret, _ = ppo_advantages(
+        torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64), old, None, values, mask, s, 0.0
+    )
     lp = old.clone().requires_grad_(True)
     loss, *_ = ppo_token_loss(lp, old.detach(), adv, values, values, ret, None, s, 0.0)
     total = (loss * mask).sum() / mask.sum()

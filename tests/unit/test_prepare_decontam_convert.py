@@ -20,12 +20,26 @@ def chat(user: str, answer: str, i: int) -> Record:
 @pytest.fixture
 def eval_file(tmp_path: Path) -> Path:
     rows = [
-        {"messages": [{"role": "user", "content": "What is the boiling point of water at sea level in Celsius?"},
-                      {"role": "assistant", "content": "100"}]},
-        {"messages": [{"role": "user", "content": "中国的首都是哪座城市？请介绍它的历史。"},
-                      {"role": "assistant", "content": "北京"}]},
-        {"question": "Which planet has the most known moons in the solar system today?", "A": "Saturn"},
-    ]  # fmt: skip
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "What is the boiling point of water at sea level in Celsius?",
+                },
+                {"role": "assistant", "content": "100"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "中国的首都是哪座城市？请介绍它的历史。"},
+                {"role": "assistant", "content": "北京"},
+            ]
+        },
+        {
+            "question": "Which planet has the most known moons in the solar system today?",
+            "A": "Saturn",
+        },
+    ]
     path = tmp_path / "eval.jsonl"
     path.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
@@ -72,9 +86,11 @@ def test_preference_to_kto_splits_pairs_and_reports_identical_ones():
     recs = [pair(0, "good", "bad"), pair(1, "same", " same "), pair(2, "yes", "no")]
     result = clean_records(recs, [("convert", {"to": "kto"})])
     assert [(r.origin, r.label, r.completion[0].content) for r in result.kept] == [
-        ("p:0#chosen", True, "good"), ("p:0#rejected", False, "bad"),
-        ("p:2#chosen", True, "yes"), ("p:2#rejected", False, "no"),
-    ]  # fmt: skip
+        ("p:0#chosen", True, "good"),
+        ("p:0#rejected", False, "bad"),
+        ("p:2#chosen", True, "yes"),
+        ("p:2#rejected", False, "no"),
+    ]
     assert [(r["origin"], r["rule"]) for r in result.removed] == [("p:1", "identical_pair")]
     s = result.stats[0]
     assert (s.into, s.changed, s.removed, s.added) == (3, 2, 1, 2)
@@ -109,8 +125,16 @@ def test_chat_and_kto_layouts():
 
 
 def test_alpaca_needs_alternating_turns():
-    multi = Record("t:1", messages=[Message("system", "s"), Message("user", "u1"), Message("assistant", "a1"),
-                                    Message("user", "u2"), Message("assistant", "a2")])  # fmt: skip
+    multi = Record(
+        "t:1",
+        messages=[
+            Message("system", "s"),
+            Message("user", "u1"),
+            Message("assistant", "a1"),
+            Message("user", "u2"),
+            Message("assistant", "a2"),
+        ],
+    )
     tool = Record(
         "t:2", messages=[Message("user", "u"), Message("tool", "t"), Message("assistant", "a")]
     )

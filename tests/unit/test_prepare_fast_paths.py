@@ -13,18 +13,114 @@ import re
 from strop.data.prepare.pii import may_contain_pii
 
 SNIPPETS = [
-    "the", "The", "QUICK", "brown", "fox", "a", "I", "and", "of", "le", "der", "und", "de",
-    "x_y", "snake_case", "CamelCase", "abc123def", "42", "7", "3.14", "1.2.3.4", "2024",
-    "١٢٣", "٣", "３", "１２３", "Ａｂｃ", "ｶﾀｶﾅ", "ß", "İstanbul", "ΟΔΟΣ", "Σ", "ὈΔΥΣΣΕΎΣ",
-    "é", "Ã©", "â€™", "naïve", "中文", "字", "。", "，", "！", "（）", "\u3000", "日本語", "カナ",
-    "한국어", "Жж", "€", "😀", "𠀀", "𝐀", "\U0002a6d7", "\ue000", "\ue003", "\ud800",
-    " ", " ", " ", "  ", "\t", "\n", "\n\n\n", " \n", "\r\n", "\r", "\xa0", "\u2003",
-    "\u202f", "\u200b", "\xad", "\x07", "\x1f", "\x85", "\x0b", "\x0c", "\u2028",
-    "<p>", "</div>", "<br/>", "<T>", "&amp;", "&#39;", "`code`", "```", "_", "-", "--",
-    "-----", ":", "@", ".", "a@b.com", "+1 415-555-0132", "13912345678", "4111 1111 1111 1111",
-    "AKIAIOSFODNN7EXAMPLE", "abcdefghijklmnopqrstu", "ABCDEFGHIJKLMNOPQRST1", "x" * 19,
-    "192.168.0.1", "::1", "https://u:p@h", "password=hunter2hunter", "!?", "#", "$1,234.56",
-]  # fmt: skip
+    "the",
+    "The",
+    "QUICK",
+    "brown",
+    "fox",
+    "a",
+    "I",
+    "and",
+    "of",
+    "le",
+    "der",
+    "und",
+    "de",
+    "x_y",
+    "snake_case",
+    "CamelCase",
+    "abc123def",
+    "42",
+    "7",
+    "3.14",
+    "1.2.3.4",
+    "2024",
+    "١٢٣",
+    "٣",
+    "３",
+    "１２３",
+    "Ａｂｃ",
+    "ｶﾀｶﾅ",
+    "ß",
+    "İstanbul",
+    "ΟΔΟΣ",
+    "Σ",
+    "ὈΔΥΣΣΕΎΣ",
+    "é",
+    "Ã©",
+    "â€™",
+    "naïve",
+    "中文",
+    "字",
+    "。",
+    "，",
+    "！",
+    "（）",
+    "\u3000",
+    "日本語",
+    "カナ",
+    "한국어",
+    "Жж",
+    "€",
+    "😀",
+    "𠀀",
+    "𝐀",
+    "\U0002a6d7",
+    "\ue000",
+    "\ue003",
+    "\ud800",
+    " ",
+    " ",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\n\n\n",
+    " \n",
+    "\r\n",
+    "\r",
+    "\xa0",
+    "\u2003",
+    "\u202f",
+    "\u200b",
+    "\xad",
+    "\x07",
+    "\x1f",
+    "\x85",
+    "\x0b",
+    "\x0c",
+    "\u2028",
+    "<p>",
+    "</div>",
+    "<br/>",
+    "<T>",
+    "&amp;",
+    "&#39;",
+    "`code`",
+    "```",
+    "_",
+    "-",
+    "--",
+    "-----",
+    ":",
+    "@",
+    ".",
+    "a@b.com",
+    "+1 415-555-0132",
+    "13912345678",
+    "4111 1111 1111 1111",
+    "AKIAIOSFODNN7EXAMPLE",
+    "abcdefghijklmnopqrstu",
+    "ABCDEFGHIJKLMNOPQRST1",
+    "x" * 19,
+    "192.168.0.1",
+    "::1",
+    "https://u:p@h",
+    "password=hunter2hunter",
+    "!?",
+    "#",
+    "$1,234.56",
+]
 
 
 def tricky_texts(n: int, seed: int = 0, max_parts: int = 40) -> list[str]:
@@ -110,8 +206,12 @@ def test_normalise_sub_steps_equal_their_reference():
         assert [whitespace(t, blank) for t in texts] == [ref_whitespace(t, blank) for t in texts]
     for form in ("NFKC", "NFC", "none"):
         for flags in ((True, True, True), (False, False, False), (True, False, True)):
-            p = NormaliseParams(unicode=form, keep_cjk_punctuation=flags[0],
-                                halfwidth_katakana=flags[1], fullwidth_ascii=flags[2])  # fmt: skip
+            p = NormaliseParams(
+                unicode=form,
+                keep_cjk_punctuation=flags[0],
+                halfwidth_katakana=flags[1],
+                fullwidth_ascii=flags[2],
+            )
             assert [unicode_form(t, p) for t in texts] == [ref_unicode_form(t, p) for t in texts]
     control = dict(Normalise(NormaliseParams()).subs)["control"]
     ref = [CONTROL_RE.sub("", t.replace("\r\n", "\n").replace("\r", "\n")) for t in texts]
@@ -156,11 +256,23 @@ def mixed_records(n: int, seed: int) -> list:
         elif kind == 1:
             out.append(Record(f"t:{i}", text=pick()))
         elif kind == 2:
-            out.append(Record(f"t:{i}", messages=[msg("user")], chosen=[msg("assistant")],
-                              rejected=[msg("assistant")]))  # fmt: skip
+            out.append(
+                Record(
+                    f"t:{i}",
+                    messages=[msg("user")],
+                    chosen=[msg("assistant")],
+                    rejected=[msg("assistant")],
+                )
+            )
         else:
-            out.append(Record(f"t:{i}", messages=[msg("user")], completion=[msg("assistant")],
-                              label=rng.random() < 0.5))  # fmt: skip
+            out.append(
+                Record(
+                    f"t:{i}",
+                    messages=[msg("user")],
+                    completion=[msg("assistant")],
+                    label=rng.random() < 0.5,
+                )
+            )
     return out
 
 
@@ -169,9 +281,11 @@ def test_texts_equal_the_contents_of_turns():
 
     for rec in mixed_records(200, seed=4):
         for roles in (None, ("user", "assistant"), ("assistant",), ()):
-            want = [rec.text] if rec.text is not None else [
-                m.content for _, m in turns(rec) if roles is None or m.role in roles
-            ]  # fmt: skip
+            want = (
+                [rec.text]
+                if rec.text is not None
+                else [m.content for _, m in turns(rec) if roles is None or m.role in roles]
+            )
             assert texts(rec, roles) == want
 
 

@@ -155,15 +155,22 @@ def test_chunk_statistics_equal_the_per_text_functions():
     for i in range(300):
         kind = i % 4
         if kind == 0:
-            msgs = [Message(rng.choice(["system", "user", "assistant"]), rand(0, 60))
-                    for _ in range(rng.randint(1, 4))]  # fmt: skip
+            msgs = [
+                Message(rng.choice(["system", "user", "assistant"]), rand(0, 60))
+                for _ in range(rng.randint(1, 4))
+            ]
             recs.append(Record(f"t:{i}", messages=msgs))
         elif kind == 1:
             recs.append(Record(f"t:{i}", text=rand(0, 3 * SAMPLE_CHARS)))
         elif kind == 2:
-            recs.append(Record(f"t:{i}", messages=[Message("user", rand(1, 30))],
-                               chosen=[Message("assistant", rand(0, 50))],
-                               rejected=[Message("assistant", rand(0, 50))]))  # fmt: skip
+            recs.append(
+                Record(
+                    f"t:{i}",
+                    messages=[Message("user", rand(1, 30))],
+                    chosen=[Message("assistant", rand(0, 50))],
+                    rejected=[Message("assistant", rand(0, 50))],
+                )
+            )
         else:
             recs.append(chat(rand(SAMPLE_CHARS, SAMPLE_CHARS + 50), rand(0, 80), i))
     stats = chunk_stats(recs, ratios=True, scripts=True)

@@ -115,11 +115,20 @@ def test_planted_corpus_precision_and_recall():
 
 def test_replace_and_drop_per_type_and_meta():
     recs = [
-        Record("t:1", messages=[Message("user", "mail a@b.com or call 13912345678"), Message("assistant", "ok")],
-               meta={"contact": "x@y.org", "n": 3}),
-        Record("t:2", messages=[Message("user", "card 4111 1111 1111 1111"), Message("assistant", "ok")]),
+        Record(
+            "t:1",
+            messages=[
+                Message("user", "mail a@b.com or call 13912345678"),
+                Message("assistant", "ok"),
+            ],
+            meta={"contact": "x@y.org", "n": 3},
+        ),
+        Record(
+            "t:2",
+            messages=[Message("user", "card 4111 1111 1111 1111"), Message("assistant", "ok")],
+        ),
         Record("t:3", messages=[Message("user", "nothing here"), Message("assistant", "ok")]),
-    ]  # fmt: skip
+    ]
     result = clean_records(recs, [("pii", {"card": "drop"})])
     assert [r.origin for r in result.kept] == ["t:1", "t:3"]
     assert result.kept[0].messages[0].content == "mail <EMAIL> or call <PHONE>"

@@ -152,19 +152,25 @@ def test_overrides_reach_steps_by_name(tmp_path: Path):
     data = tmp_path / "in.jsonl"
     write_corpus(data, 50, seed=1)
     cfg, steps = load_prepare_config(
-        None, ["steps.filter.min_chars=7", "steps.1.languages=[zh]", "num_workers=0"],
+        None,
+        ["steps.filter.min_chars=7", "steps.1.languages=[zh]", "num_workers=0"],
         raw=config(tmp_path, data, ["normalise", "filter"]),
-    )  # fmt: skip
+    )
     assert steps[1][1].min_chars == 7 and steps[1][1].languages == ["zh"] and cfg.num_workers == 0
 
 
 def test_stratified_split_and_parquet(tmp_path: Path):
     data = tmp_path / "in.jsonl"
     rows = [
-        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}],
-         "source": "a" if i % 4 else "b"}
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i}"},
+                {"role": "assistant", "content": f"answer {i}"},
+            ],
+            "source": "a" if i % 4 else "b",
+        }
         for i in range(200)
-    ]  # fmt: skip
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     raw = config(
         tmp_path,

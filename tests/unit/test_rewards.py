@@ -63,8 +63,14 @@ def test_math_answer_reward():
 
 def test_issue_14_misreadings():
     gold = ["18", "18", "1450000", "1450000", "1450000", "2.5"]
-    comps = ["The answer is 18 dollars.", "The answer is **18**.", "The answer is 1,450,001.",
-             "#### $1,450,000", "\\boxed{1{,}450{,}000}", "The answer is 2.5000001 hours."]  # fmt: skip
+    comps = [
+        "The answer is 18 dollars.",
+        "The answer is **18**.",
+        "The answer is 1,450,001.",
+        "#### $1,450,000",
+        "\\boxed{1{,}450{,}000}",
+        "The answer is 2.5000001 hours.",
+    ]
     assert R.math_answer(P * 6, comps, answer=gold) == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
     assert R.answers_equal("1450001", "1450000") is False  # integers: exact, at any size
     assert R.answers_equal("1450000.5", "1450000") is False
@@ -114,14 +120,21 @@ PROBLEMS = [  # (working, answer(a, b, c), unit)
     ),
 ]
 FINALS = [
-    "The answer is {x}.", "The answer is {x} {unit}.", "The answer is **{x}**.",
-    "**Answer:** {x}", "#### {x}", "Therefore, the final answer is $\\boxed{{{x}}}$.",
-    "So the result is {x} {unit} in total.", "Final Answer: The final answer is ${x}$. I hope "
-    "it is correct.", "The answer is: {x} {unit}, which is {c} more than before.",
-    "<answer>{x}</answer>", "Answer: {x} {unit} (about {c} per day).",
-    "Thus the answer is \\boxed{{{x}\\text{{ {unit}}}}}.", "The answer is ${x}.",
+    "The answer is {x}.",
+    "The answer is {x} {unit}.",
+    "The answer is **{x}**.",
+    "**Answer:** {x}",
+    "#### {x}",
+    "Therefore, the final answer is $\\boxed{{{x}}}$.",
+    "So the result is {x} {unit} in total.",
+    "Final Answer: The final answer is ${x}$. I hope it is correct.",
+    "The answer is: {x} {unit}, which is {c} more than before.",
+    "<answer>{x}</answer>",
+    "Answer: {x} {unit} (about {c} per day).",
+    "Thus the answer is \\boxed{{{x}\\text{{ {unit}}}}}.",
+    "The answer is ${x}.",
     "So she ends up with **{x} {unit}**.\nI checked it twice: {c} + {c} = {cc}.\n#### {x}",
-]  # fmt: skip
+]
 FORMATS = [str, lambda v: f"{v:,}", lambda v: f"{v:,.2f}"]
 
 

@@ -57,8 +57,19 @@ def test_a_passing_solution_scores_one_with_scratch_space_and_no_environment(bac
 def test_host_files_are_not_visible(backend, tmp_path):
     (tmp_path / "mine.txt").write_text("trainer data")
     home = os.path.expanduser("~")
-    paths = ["/etc/passwd", "/etc/shadow", f"{home}/.ssh", f"{home}/.bashrc", "/home", "/tmp",
-             REPO, str(tmp_path), "/bin/sh", "/usr/bin", "/sys"]  # fmt: skip
+    paths = [
+        "/etc/passwd",
+        "/etc/shadow",
+        f"{home}/.ssh",
+        f"{home}/.bashrc",
+        "/home",
+        "/tmp",
+        REPO,
+        str(tmp_path),
+        "/bin/sh",
+        "/usr/bin",
+        "/sys",
+    ]
     r = S.run(f"import os\nprint([os.path.exists(p) for p in {paths!r}])", backend=backend)
     assert r.ok, r.reason
     assert r.stdout.strip() == str([False] * len(paths))

@@ -18,23 +18,65 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 THINGS = [
-    "a rainbow", "a volcano", "a glacier", "a lighthouse", "a prime number", "a compass",
-    "a thermometer", "a bridge", "a library", "a seed", "a battery", "an orchestra",
-    "a map", "a calendar", "a telescope", "a windmill", "a river delta", "a beehive",
-]  # fmt: skip
+    "a rainbow",
+    "a volcano",
+    "a glacier",
+    "a lighthouse",
+    "a prime number",
+    "a compass",
+    "a thermometer",
+    "a bridge",
+    "a library",
+    "a seed",
+    "a battery",
+    "an orchestra",
+    "a map",
+    "a calendar",
+    "a telescope",
+    "a windmill",
+    "a river delta",
+    "a beehive",
+]
 ACTIVITIES = [
-    "learning to cook", "running in the rain", "keeping a garden", "studying for an exam",
-    "saving money", "sleeping well", "writing a letter", "starting to swim",
-    "planning a picnic", "reading more books", "drinking more water", "packing for a trip",
-]  # fmt: skip
+    "learning to cook",
+    "running in the rain",
+    "keeping a garden",
+    "studying for an exam",
+    "saving money",
+    "sleeping well",
+    "writing a letter",
+    "starting to swim",
+    "planning a picnic",
+    "reading more books",
+    "drinking more water",
+    "packing for a trip",
+]
 TOPICS = [
-    "the ocean", "autumn leaves", "a quiet morning", "city buses", "old trees", "snow",
-    "a busy market", "mountains", "friendship", "the moon", "bicycles", "a thunderstorm",
-]  # fmt: skip
+    "the ocean",
+    "autumn leaves",
+    "a quiet morning",
+    "city buses",
+    "old trees",
+    "snow",
+    "a busy market",
+    "mountains",
+    "friendship",
+    "the moon",
+    "bicycles",
+    "a thunderstorm",
+]
 CATEGORIES = [
-    "fruits", "musical instruments", "colours", "birds", "vegetables", "board games",
-    "planets", "kitchen tools", "sports", "flowers",
-]  # fmt: skip
+    "fruits",
+    "musical instruments",
+    "colours",
+    "birds",
+    "vegetables",
+    "board games",
+    "planets",
+    "kitchen tools",
+    "sports",
+    "flowers",
+]
 SYSTEMS = [None, None, "You are a helpful assistant.", "You are a friendly tutor. Keep it short."]
 TEMPLATES = [
     ("What is {thing}?", "thing"),

@@ -95,9 +95,13 @@ def judge_pairs(
     for i in range(len(questions)):
         first, second = pick(ll[4 * i], ll[4 * i + 1]), pick(ll[4 * i + 2], ll[4 * i + 3])
         out.append(
-            {"first": first, "second": second, "result": combine(first, second),
-             "loglik": ll[4 * i : 4 * i + 4]}
-        )  # fmt: skip
+            {
+                "first": first,
+                "second": second,
+                "result": combine(first, second),
+                "loglik": ll[4 * i : 4 * i + 4],
+            }
+        )
     return out
 
 

@@ -58,14 +58,23 @@ def _generation(task: GenerationTask) -> dict:
 
 
 def _perplexity(task: PerplexityTask) -> dict:
-    return {"chat_template": task.kind == "chat", "kind": task.kind, "mask": task.mask,
-            "max_length": task.max_length}  # fmt: skip
+    return {
+        "chat_template": task.kind == "chat",
+        "kind": task.kind,
+        "mask": task.mask,
+        "max_length": task.max_length,
+    }
 
 
 def _multiple_choice(task: MultipleChoiceTask) -> dict:
-    return {"chat_template": task.chat_template, "dev": task.dev, "shots": task.shots,
-            "score": task.score, "max_length": task.max_length,
-            "normalisation": "log-likelihood / characters of the continuation"}  # fmt: skip
+    return {
+        "chat_template": task.chat_template,
+        "dev": task.dev,
+        "shots": task.shots,
+        "score": task.score,
+        "max_length": task.max_length,
+        "normalisation": "log-likelihood / characters of the continuation",
+    }
 
 
 def _preference(task: PreferenceTask) -> dict:
@@ -82,10 +91,14 @@ def _reward(task: RewardTask) -> dict:
 
 
 def _judge(task: JudgeTask) -> dict:
-    return {"judge": task.judge, "judge_adapter": task.judge_adapter, "chat_template": True,
-            "judge_chat_template": task.chat_template,
-            "judge_rule": "log-likelihood of ' A' vs ' B', both orders; disagreement = tie",
-            "generation": _decoding(task, "max_new_tokens", "temperature", "top_p")}  # fmt: skip
+    return {
+        "judge": task.judge,
+        "judge_adapter": task.judge_adapter,
+        "chat_template": True,
+        "judge_chat_template": task.chat_template,
+        "judge_rule": "log-likelihood of ' A' vs ' B', both orders; disagreement = tie",
+        "generation": _decoding(task, "max_new_tokens", "temperature", "top_p"),
+    }
 
 
 def _retrieval(task: RetrievalTask) -> dict:
@@ -103,8 +116,12 @@ def _retrieval(task: RetrievalTask) -> dict:
 
 
 def _classification(task: ClassificationTask) -> dict:
-    s = {"labels": task.labels, "predict": task.predict, "prompt": task.prompt,
-         "chat_template": task.chat_template or task.predict == "generation"}  # fmt: skip
+    s = {
+        "labels": task.labels,
+        "predict": task.predict,
+        "prompt": task.prompt,
+        "chat_template": task.chat_template or task.predict == "generation",
+    }
     if task.predict == "generation":
         s["generation"] = _decoding(task, "max_new_tokens", "temperature")
     else:

@@ -24,8 +24,12 @@ from strop.eval.reward import run_reward
 from strop.eval.scores import TaskOutput
 
 # The record kind strop.data reads a task's rows as (perplexity: its ``kind``).
-_RECORD_KINDS = {"generation": "chat", "judge": "chat", "preference": "preference",
-                 "reward": "preference"}  # fmt: skip
+_RECORD_KINDS = {
+    "generation": "chat",
+    "judge": "chat",
+    "preference": "preference",
+    "reward": "preference",
+}
 
 
 def load_task_records(task: TaskBase) -> list[Record]:

@@ -145,17 +145,17 @@ def _projection(modules: list[nn.Module], dtype: torch.dtype) -> _Projection | N
     weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # no copy of a lone head
     bias = None
     if any(b is not None for _, b, _, _ in parts):
-        bias = torch.cat([
-            (b if b is not None else w.new_zeros(len(w))).to(dtype) for w, b, _, _ in parts
-        ])  # fmt: skip
+        bias = torch.cat(
+            [(b if b is not None else w.new_zeros(len(w))).to(dtype) for w, b, _, _ in parts]
+        )
     lora_a = lora_b = None
     if any(a is not None for _, _, a, _ in parts):
-        lora_a = torch.cat([
-            (a if a is not None else w.new_zeros(0, w.shape[1])).to(dtype) for w, _, a, _ in parts
-        ])  # fmt: skip
-        lora_b = torch.block_diag(*[
-            (b if b is not None else w.new_zeros(len(w), 0)).to(dtype) for w, _, _, b in parts
-        ])  # fmt: skip
+        lora_a = torch.cat(
+            [(a if a is not None else w.new_zeros(0, w.shape[1])).to(dtype) for w, _, a, _ in parts]
+        )
+        lora_b = torch.block_diag(
+            *[(b if b is not None else w.new_zeros(len(w), 0)).to(dtype) for w, _, _, b in parts]
+        )
     return _Projection(weight, bias, lora_a, lora_b)
 
 

@@ -50,9 +50,15 @@ def decoder_hidden(model: nn.Module, batch: dict) -> torch.Tensor:
     virtual = prompt_learning.active_config(model)
     if virtual is not None:
         return prompt_learning.hidden_with_virtual_tokens(
-            model, decoder, virtual, batch["input_ids"], batch.get("attention_mask"),
-            batch.get("position_ids"), doc_lens, shared,
-        )  # fmt: skip
+            model,
+            decoder,
+            virtual,
+            batch["input_ids"],
+            batch.get("attention_mask"),
+            batch.get("position_ids"),
+            doc_lens,
+            shared,
+        )
     extra = {"strop_doc_lens": doc_lens} if doc_lens is not None else {}
     if shared is not None:
         extra["strop_shared_prefix"] = shared
@@ -89,9 +95,11 @@ def target_nll_sum(model: nn.Module, batch: dict, chunk: int) -> tuple[torch.Ten
         loss_sum = linear_cross_entropy_sum(h, weight, y, chunk)
     else:
         parts = _through_head(
-            model, h, chunk,
+            model,
+            h,
+            chunk,
             lambda z, s: nn.functional.cross_entropy(z, y[s : s + chunk], reduction="sum"),
-        )  # fmt: skip
+        )
         loss_sum = sum(parts, start=h.new_zeros((), dtype=torch.float32))
     return loss_sum, torch.as_tensor(len(y), device=h.device)
 
@@ -108,9 +116,11 @@ def target_logps(
     if weight is not None:
         return linear_token_logps(h, weight if t == 1.0 else weight / t, y, chunk), h
     parts = _through_head(
-        model, h, chunk,
+        model,
+        h,
+        chunk,
         lambda z, s: (z / t).log_softmax(-1).gather(1, y[s : s + chunk, None])[:, 0],
-    )  # fmt: skip
+    )
     return (torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)), h
 
 

@@ -165,8 +165,11 @@ def _check_outcome(run: Run) -> None:
             f"{state['nan_skips']} of {steps} steps were skipped as non-finite, so the run did "
             "not train; lower train.lr or check the data (no final/ written)"
         )
-    bad = [n for n, p in run.objective.named_parameters()
-           if p.requires_grad and not torch.isfinite(p.detach()).all()]  # fmt: skip
+    bad = [
+        n
+        for n, p in run.objective.named_parameters()
+        if p.requires_grad and not torch.isfinite(p.detach()).all()
+    ]
     if bad:
         raise StropRuntimeError(
             f"the trained weights are not finite ({len(bad)} tensors, e.g. {bad[0]}): the run "
@@ -190,17 +193,26 @@ def _save(run: Run, step: int) -> None:
     if rollout is not None:
         run.state["rollout"] = rollout
     checkpoint.save_checkpoint(
-        run.run_dir / "checkpoints", step, run.module, run.optimizer, run.state,
+        run.run_dir / "checkpoints",
+        step,
+        run.module,
+        run.optimizer,
+        run.state,
         run.cfg.train.keep_last,
-    )  # fmt: skip
+    )
 
 
 def _train_steps(run: Run) -> None:
     cfg, d, state = run.cfg, run.d, run.state
     logger = MetricsLogger(
-        run.run_dir, run.total_steps, state["step"], state["tokens"], d.is_main,
-        cfg.train.progress, cfg.train.tensorboard,
-    )  # fmt: skip
+        run.run_dir,
+        run.total_steps,
+        state["step"],
+        state["tokens"],
+        d.is_main,
+        cfg.train.progress,
+        cfg.train.tensorboard,
+    )
     evaluating = bool(run.data.eval or run.task_eval)
     run.module.train()
     with _Signals() as signals:
@@ -302,8 +314,10 @@ def _finish(run: Run) -> Path:
     """final/ (and final-merged/ when asked), the loss plot and report.md."""
     cfg, objective, method = run.cfg, run.objective, run.cfg.method
     full = artifacts.full_state_dict(objective)  # a collective: every rank takes part
-    extra = {name: artifacts.full_state_dict(objective, prefix)
-             for name, prefix in objective.extra_artifacts().items()}  # fmt: skip
+    extra = {
+        name: artifacts.full_state_dict(objective, prefix)
+        for name, prefix in objective.extra_artifacts().items()
+    }
     final_dir = run.run_dir / "final"
     if not run.d.is_main:
         return final_dir
@@ -344,8 +358,10 @@ def _save_merged(run: Run, final_dir: Path) -> float | None:
         print(f"merged: max |logit diff| to the trained model {merge_err:.2e}")
     else:
         merged_src, _, _ = load_model(
-            str(run.model_dir), cfg.model.dtype, adapter=str(final_dir),
+            str(run.model_dir),
+            cfg.model.dtype,
+            adapter=str(final_dir),
             head=run.objective.model_head,
-        )  # fmt: skip
+        )
     artifacts.save_merged(merged_src, run.tokenizer, run.run_dir / "final-merged")
     return merge_err

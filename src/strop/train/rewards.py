@@ -226,8 +226,15 @@ def resolve(name: str, where: str = "grpo.rewards") -> RewardFn:
 BUDGET_S = 10.0
 """Seconds each completion may take in one reward function (``args.budget_s`` overrides)."""
 # Cheap pure functions of one completion: called per completion, so a budget is per item.
-_PER_ITEM = {"math_answer", "exact_match", "regex_match", "format_tags", "valid_json",
-             "length_penalty", "code_tests"}  # fmt: skip
+_PER_ITEM = {
+    "math_answer",
+    "exact_match",
+    "regex_match",
+    "format_tags",
+    "valid_json",
+    "length_penalty",
+    "code_tests",
+}
 _UNBUDGETED = {"reward_model"}  # our own forward passes; the first call loads the model
 
 
@@ -299,8 +306,11 @@ class RewardStats:
 
     def take(self) -> dict[str, float]:
         """The counts as step metrics, then zero them."""
-        out = {"reward/violations": float(self.violations), "reward/timeouts":
-               float(self.timeouts), "reward/errors": float(self.errors)}  # fmt: skip
+        out = {
+            "reward/violations": float(self.violations),
+            "reward/timeouts": float(self.timeouts),
+            "reward/errors": float(self.errors),
+        }
         self.violations = self.timeouts = self.errors = 0
         return out
 

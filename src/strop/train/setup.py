@@ -116,8 +116,22 @@ def setup_run(cfg: Config, d: distributed.Dist, run_dir: Path, log) -> Run:
         d.world,
     )
     total_steps = _total_steps(cfg, sampler)
-    run = Run(cfg, d, run_dir, log, model, tokenizer, model_dir, data, objective, module,
-              optimizer, sampler, total_steps, state={})  # fmt: skip
+    run = Run(
+        cfg,
+        d,
+        run_dir,
+        log,
+        model,
+        tokenizer,
+        model_dir,
+        data,
+        objective,
+        module,
+        optimizer,
+        sampler,
+        total_steps,
+        state={},
+    )
     run.state = _resume(run)
     run.task_eval = task_eval or None
     return run

@@ -24,13 +24,23 @@ LATIN_SAMPLE_CHARS = 600  # ~100 words: plenty of function words in any real sen
 # Code point ranges of letters by script; one sorted table, looked up for all characters of a
 # text at once (numpy searchsorted) instead of one regex scan per script.
 RANGES = [
-    (0x41, 0x5A, "latin"), (0x61, 0x7A, "latin"), (0xC0, 0x24F, "latin"),
-    (0x370, 0x3FF, "greek"), (0x400, 0x4FF, "cyrillic"), (0x590, 0x5FF, "hebrew"),
-    (0x600, 0x6FF, "arabic"), (0x900, 0x97F, "devanagari"), (0xE00, 0xE7F, "thai"),
-    (0x1100, 0x11FF, "hangul"), (0x3040, 0x30FF, "kana"), (0x3400, 0x4DBF, "han"),
-    (0x4E00, 0x9FFF, "han"), (0xAC00, 0xD7AF, "hangul"), (0xF900, 0xFAFF, "han"),
+    (0x41, 0x5A, "latin"),
+    (0x61, 0x7A, "latin"),
+    (0xC0, 0x24F, "latin"),
+    (0x370, 0x3FF, "greek"),
+    (0x400, 0x4FF, "cyrillic"),
+    (0x590, 0x5FF, "hebrew"),
+    (0x600, 0x6FF, "arabic"),
+    (0x900, 0x97F, "devanagari"),
+    (0xE00, 0xE7F, "thai"),
+    (0x1100, 0x11FF, "hangul"),
+    (0x3040, 0x30FF, "kana"),
+    (0x3400, 0x4DBF, "han"),
+    (0x4E00, 0x9FFF, "han"),
+    (0xAC00, 0xD7AF, "hangul"),
+    (0xF900, 0xFAFF, "han"),
     (0x20000, 0x2FA1F, "han"),
-]  # fmt: skip
+]
 SCRIPTS = sorted({name for _, _, name in RANGES})
 _EDGES, _LABELS = [0], [-1]  # -1: not a letter of a script we count
 for _lo, _hi, _name in RANGES:

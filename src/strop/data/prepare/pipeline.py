@@ -58,8 +58,15 @@ class Node:
 
     def __reduce__(self) -> tuple:
         # positional fields: unpickling calls __init__ once instead of setting each slot
-        return Node, (self.origin, self.events, self.children, self.out, self.length,
-                      self.stratum, self.record)  # fmt: skip
+        return Node, (
+            self.origin,
+            self.events,
+            self.children,
+            self.out,
+            self.length,
+            self.stratum,
+            self.record,
+        )
 
 
 def add_notes(counts: Counter, notes: dict[str, int]) -> None:

@@ -105,15 +105,17 @@ def pii_value(kind: str, rng: random.Random) -> str:
         )
         return f"{user}@{rng.choice(['example.com', 'mail.example.cn', 'corp.co.uk', 'qq.com'])}"
     if kind == "phone":
-        return rng.choice([
-            f"+1 415-555-{rng.randint(1000, 9999)}",
-            f"+44 20 7946 {rng.randint(1000, 9999)}",
-            f"+86 138 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
-            f"1{rng.choice('3456789')}{rng.randint(0, 9)}{rng.randint(10000000, 99999999)}",
-            f"010-{rng.randint(60000000, 69999999)}",
-            f"({rng.randint(200, 999)}) 555-{rng.randint(1000, 9999)}",
-            f"+49 30 {rng.randint(1000000, 9999999)}",
-        ])  # fmt: skip
+        return rng.choice(
+            [
+                f"+1 415-555-{rng.randint(1000, 9999)}",
+                f"+44 20 7946 {rng.randint(1000, 9999)}",
+                f"+86 138 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
+                f"1{rng.choice('3456789')}{rng.randint(0, 9)}{rng.randint(10000000, 99999999)}",
+                f"010-{rng.randint(60000000, 69999999)}",
+                f"({rng.randint(200, 999)}) 555-{rng.randint(1000, 9999)}",
+                f"+49 30 {rng.randint(1000000, 9999999)}",
+            ]
+        )
     if kind == "ipv4":
         return ".".join(str(rng.randint(1, 254)) for _ in range(4))
     if kind == "ipv6":
@@ -133,19 +135,23 @@ def pii_value(kind: str, rng: random.Random) -> str:
     if kind == "iban":
         return iban(rng)
     if kind == "url_credentials":
-        return rng.choice([
-            f"https://admin:{_alnum(rng, 10)}@example.com/db",
-            f"postgres://app:{_alnum(rng, 12)}@db.internal:5432/prod",
-            f"https://api.example.com/v1/items?access_token={_alnum(rng, 24)}",
-        ])  # fmt: skip
+        return rng.choice(
+            [
+                f"https://admin:{_alnum(rng, 10)}@example.com/db",
+                f"postgres://app:{_alnum(rng, 12)}@db.internal:5432/prod",
+                f"https://api.example.com/v1/items?access_token={_alnum(rng, 24)}",
+            ]
+        )
     if kind == "secret":
-        return rng.choice([
-            "AKIA" + _alnum(rng, 16, string.ascii_uppercase + string.digits),
-            "ghp_" + _alnum(rng, 36),
-            "sk-proj-" + _alnum(rng, 40),
-            "xoxb-" + _alnum(rng, 12, string.digits) + "-" + _alnum(rng, 24),
-            "AIza" + _alnum(rng, 35),
-        ])  # fmt: skip
+        return rng.choice(
+            [
+                "AKIA" + _alnum(rng, 16, string.ascii_uppercase + string.digits),
+                "ghp_" + _alnum(rng, 36),
+                "sk-proj-" + _alnum(rng, 40),
+                "xoxb-" + _alnum(rng, 12, string.digits) + "-" + _alnum(rng, 24),
+                "AIza" + _alnum(rng, 35),
+            ]
+        )
     raise ValueError(kind)
 
 
@@ -156,25 +162,27 @@ def lookalike(rng: random.Random) -> str:
     """Numbers and strings that resemble PII but are not: the detectors must leave them."""
     bad_card = luhn_complete("4", 16, rng)
     bad_card = bad_card[:-1] + str((int(bad_card[-1]) + 1) % 10)
-    return rng.choice([
-        f"{rng.randint(2000, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
-        f"version {rng.randint(0, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 99)}",
-        f"v{rng.randint(1, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 99)}",
-        f"order #{rng.randint(10**7, 10**9)}",
-        f"订单号 {rng.randint(10**13, 10**14 - 1)}",
-        f"tracking number {bad_card}",
-        f"ID {cn_id(rng, valid=False)}",
-        f"ISBN 978-{rng.randint(0, 9)}-{rng.randint(100, 999)}-{rng.randint(10000, 99999)}-{rng.randint(0, 9)}",
-        f"${rng.randint(1, 999)},{rng.randint(100, 999)}.{rng.randint(10, 99)}",
-        f"{rng.random() * 100:.6f}",
-        f"commit {_alnum(rng, 40, '0123456789abcdef')}",
-        f"{_alnum(rng, 8, '0123456789abcdef')}-{_alnum(rng, 4, '0123456789abcdef')}-4{_alnum(rng, 3, '0123456789abcdef')}",
-        f"ratio {rng.randint(1, 21)}:{rng.randint(1, 9)}",
-        f"order {rng.choice('3456789')}{rng.randint(10**9, 10**10 - 1)}",
-        iban(rng, valid=False),
-        f"room {rng.randint(100, 999)}-{rng.randint(1000, 9999)}",
-    ])  # fmt: skip
+    return rng.choice(
+        [
+            f"{rng.randint(2000, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+            f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
+            f"version {rng.randint(0, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 99)}",
+            f"v{rng.randint(1, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 99)}",
+            f"order #{rng.randint(10**7, 10**9)}",
+            f"订单号 {rng.randint(10**13, 10**14 - 1)}",
+            f"tracking number {bad_card}",
+            f"ID {cn_id(rng, valid=False)}",
+            f"ISBN 978-{rng.randint(0, 9)}-{rng.randint(100, 999)}-{rng.randint(10000, 99999)}-{rng.randint(0, 9)}",
+            f"${rng.randint(1, 999)},{rng.randint(100, 999)}.{rng.randint(10, 99)}",
+            f"{rng.random() * 100:.6f}",
+            f"commit {_alnum(rng, 40, '0123456789abcdef')}",
+            f"{_alnum(rng, 8, '0123456789abcdef')}-{_alnum(rng, 4, '0123456789abcdef')}-4{_alnum(rng, 3, '0123456789abcdef')}",
+            f"ratio {rng.randint(1, 21)}:{rng.randint(1, 9)}",
+            f"order {rng.choice('3456789')}{rng.randint(10**9, 10**10 - 1)}",
+            iban(rng, valid=False),
+            f"room {rng.randint(100, 999)}-{rng.randint(1000, 9999)}",
+        ]
+    )
 
 
 def pii_cases(n: int, seed: int = 0) -> Iterator[tuple[str, list[tuple[str, str]]]]:

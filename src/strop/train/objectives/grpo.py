@@ -102,9 +102,17 @@ GRPO_AGGREGATIONS = {
 
 
 def grpo_loss(
-    logp, old_logp, ref_logp, advantages, mask, beta, eps_low, eps_high=None,
-    aggregation="sequence_mean", max_len=1,
-) -> torch.Tensor:  # fmt: skip
+    logp,
+    old_logp,
+    ref_logp,
+    advantages,
+    mask,
+    beta,
+    eps_low,
+    eps_high=None,
+    aggregation="sequence_mean",
+    max_len=1,
+) -> torch.Tensor:
     """The aggregated loss of one batch (what the loop computes over a whole step)."""
     loss, _, _ = grpo_token_loss(logp, old_logp, ref_logp, advantages, beta, eps_low, eps_high)
     total, units = GRPO_AGGREGATIONS[aggregation](loss, mask.to(loss.dtype), max_len)
@@ -146,8 +154,12 @@ class GRPOObjective(OnlineRLObjective):
             parts.append(ro)
             for g in range(len(prompts)):
                 if not (s.dynamic_sampling and flat[g]):
-                    kept.append([(offset + g * s.group_size + j, adv[g * s.group_size + j])
-                                 for j in range(s.group_size)])  # fmt: skip
+                    kept.append(
+                        [
+                            (offset + g * s.group_size + j, adv[g * s.group_size + j])
+                            for j in range(s.group_size)
+                        ]
+                    )
             if len(kept) >= n_groups:
                 break
         ro = concat_rollouts(parts)
@@ -209,8 +221,11 @@ class GRPOObjective(OnlineRLObjective):
             "loss_sum": total,
             "units": units,
             "metrics": {  # "k#n": the denominator of k (per completion token)
-                "kl": masked_sum(kl, mask), "kl#n": n,
-                "clip_fraction": masked_sum(clipped, mask), "clip_fraction#n": n,
-                "entropy": -masked_sum(lp.detach(), mask), "entropy#n": n,
+                "kl": masked_sum(kl, mask),
+                "kl#n": n,
+                "clip_fraction": masked_sum(clipped, mask),
+                "clip_fraction#n": n,
+                "entropy": -masked_sum(lp.detach(), mask),
+                "entropy#n": n,
             },
-        }  # fmt: skip
+        }

@@ -100,10 +100,16 @@ class OnlineRLObjective(Objective):
     def _sample(self, prompts, n: int, step: int, temperature=None, top_p=None) -> Rollout:
         s = self.section
         return sample(
-            self.model, [p.input_ids for p in prompts], n, s.max_new_tokens, self.stop_ids,
-            self.pad_id, s.temperature if temperature is None else temperature,
-            s.top_p if top_p is None else top_p, self.seed * 1_000_003 + step,
-        )  # fmt: skip
+            self.model,
+            [p.input_ids for p in prompts],
+            n,
+            s.max_new_tokens,
+            self.stop_ids,
+            self.pad_id,
+            s.temperature if temperature is None else temperature,
+            s.top_p if top_p is None else top_p,
+            self.seed * 1_000_003 + step,
+        )
 
     def _score(self, prompts, ro: Rollout) -> tuple[list[float], dict]:
         """(weighted reward per completion, each reward function's scores); ``prompts`` holds
@@ -125,12 +131,15 @@ class OnlineRLObjective(Objective):
             "reward": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             **{f"reward/{k}": sum(v) / len(v) for k, v in each.items()},
-            **{f"reward_std/{k}": torch.tensor(v).std(unbiased=False).item() for k, v in each.items()},
+            **{
+                f"reward_std/{k}": torch.tensor(v).std(unbiased=False).item()
+                for k, v in each.items()
+            },
             "completion_len": sum(lengths) / len(lengths),
             "completion_len_max": max(lengths),
             "truncated_fraction": 1 - sum(ro.finished) / len(lengths),
             "time/generate": ro.stats["seconds"],
-        }  # fmt: skip
+        }
 
     @torch.no_grad()
     def evaluate_rows(self, rows) -> dict:
@@ -145,9 +154,12 @@ class OnlineRLObjective(Objective):
             for k, v in each.items():
                 each_sum[k] = each_sum.get(k, 0.0) + sum(v)
         mean = sum(total) / len(total)
-        return {"eval_loss": -mean, "eval_reward": mean,
-                **{f"eval_reward/{k}": v / len(total) for k, v in each_sum.items()},
-                **{f"eval_{k}": v for k, v in self.reward_stats.take().items()}}  # fmt: skip
+        return {
+            "eval_loss": -mean,
+            "eval_reward": mean,
+            **{f"eval_reward/{k}": v / len(total) for k, v in each_sum.items()},
+            **{f"eval_{k}": v for k, v in self.reward_stats.take().items()},
+        }
 
     # -- resume: the rollouts of an unfinished num_iterations cycle ----------------------------
     def rollout_state(self) -> dict:

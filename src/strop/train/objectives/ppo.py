@@ -120,7 +120,7 @@ class PPOObjective(OnlineRLObjective):
         rows = [
             PPORow(p + c, [IGNORE] * len(p) + c, [len(p) + len(c)], {"score": float(sc)}, lp)
             for p, c, lp, sc in zip(ro.prompt_ids, ro.completion_ids, ro.logps, scores, strict=True)
-        ]  # fmt: skip
+        ]
         if self.mode is not None:
             self._score_reference(rows)
         t2 = time.perf_counter()
