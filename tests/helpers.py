@@ -140,3 +140,17 @@ def check_golden(
         for k in keys:
             r, a = (tolerances or {}).get(k, (rel, 1e-7))  # (relative, absolute)
             assert g[k] == pytest.approx(w[k], rel=r, abs=a), (g["step"], k)
+
+
+def strop_error(args: list[str], code: int, timeout: float = 300) -> str:
+    """Run the real CLI (``python -m strop.cli *args``), expect exit ``code`` with no
+    traceback, and return its one ``strop: error:`` line."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "strop.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    return next(x for x in done.stderr.splitlines() if x.startswith("strop: error: "))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from strop.merge.run import run_merge
 from strop.train import checkpoint
 from strop.train.artifacts import atomic_dir
 from strop.train.loop import train
-from tests.helpers import tiny_config, write_chat_jsonl
+from tests.helpers import strop_error, tiny_config, write_chat_jsonl
 
 NO_SPACE = "no space left on device (needed ~"
 
@@ -115,15 +114,7 @@ def test_a_final_dir_that_does_not_fit_is_one_sentence_and_absent(tmp_path, smal
     run = small_disk(tmp_path / "run", 300_000)  # the model alone is ~450 KB
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(_config(run, data)))
-    done = subprocess.run(
-        [sys.executable, "-m", "strop.cli", "train", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    last = next(x for x in done.stderr.splitlines() if x.startswith("strop: error: "))
+    last = strop_error(["train", str(cfg)], 1)
     assert last.startswith("strop: error: writing ") and NO_SPACE in last, last
     assert str(run / "final") in last
     assert not (run / "final").exists() and _leftovers(run) == []

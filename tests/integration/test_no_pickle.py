@@ -23,7 +23,7 @@ from strop.errors import StropError
 from strop.merge.config import load_merge_config
 from strop.merge.run import run_merge
 from strop.train.loop import train
-from tests.helpers import tiny_config, write_chat_jsonl
+from tests.helpers import strop_error, tiny_config, write_chat_jsonl
 
 
 class Payload:
@@ -268,8 +268,6 @@ def test_state_dict_round_trips_through_json_exactly():
 
 def test_a_truncated_merge_input_is_one_sentence_exit_2(tiny_llama_dir, tmp_path):
     """An interrupted copy: the CLI names the file, exit 2, no traceback (issue 18.10)."""
-    import subprocess
-    import sys
 
     import yaml
 
@@ -280,15 +278,7 @@ def test_a_truncated_merge_input_is_one_sentence_exit_2(tiny_llama_dir, tmp_path
     cfg = tmp_path / "merge.yaml"
     tree = {"method": "linear", "models": [str(tiny_llama_dir), str(cut)]}
     cfg.write_text(yaml.safe_dump({**tree, "output": {"dir": str(tmp_path / "out")}}))
-    done = subprocess.run(
-        [sys.executable, "-m", "strop.cli", "merge", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    line = next(x for x in done.stderr.splitlines() if x.startswith("strop: error: "))
+    line = strop_error(["merge", str(cfg)], 2)
     assert f"{weights} is not a readable safetensors file" in line and "truncated" in line
     assert not (tmp_path / "out").exists()
 
