@@ -47,7 +47,7 @@ def answer_all(model, tok, prompts, label: str) -> list[str]:
 
     t0 = time.perf_counter()
     params = GenerationParams(max_new_tokens=96, temperature=0.0, batch_size=20)
-    outs = generate(model, tok, prompts, params, progress=True)
+    outs = generate(model, tok, prompts, params, progress=f"{label} model: answering")
     print(
         f"{label}: answered {len(outs)} held-out announcements in {time.perf_counter() - t0:.0f}s"
     )

@@ -15,6 +15,7 @@ import torch
 
 from strop.errors import StropError
 from strop.models.prompt_learning import active_config
+from strop.progress import Progress
 from strop.rollout import sample
 
 # End-of-turn markers of common chat templates: a model may emit one of these rather than the
@@ -139,20 +140,15 @@ def _left_padding(tokenizer) -> Iterator[None]:
         tokenizer.padding_side = old
 
 
-def _batches(order: list[int], size: int, progress: bool) -> Iterator[list[int]]:
+def _batches(order: list[int], size: int, progress: bool | str) -> Iterator[list[int]]:
+    """The prompts' batches, with progress on stderr when asked (``progress`` a label, or
+    True): a bar on a terminal, a plain line every 10 s elsewhere (strop.progress)."""
     chunks = [order[i : i + size] for i in range(0, len(order), size)]
-    if not progress:
-        yield from chunks
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    # On stderr so piping stdout (or the output summary) is never mixed with bar redraws.
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("generating", total=len(order))
+    label = progress if isinstance(progress, str) else "generating"
+    with Progress(len(order), label, "prompts", enabled=bool(progress)) as bar:
         for chunk in chunks:
             yield chunk
-            bar.advance(task, len(chunk))
+            bar.advance(len(chunk))
 
 
 def _engine_serves(model, params: GenerationParams) -> bool:
@@ -169,7 +165,7 @@ def generate(
     prompts: list[str | list[dict]],
     params: GenerationParams,
     system: str | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     stats: dict | None = None,
 ) -> list[str]:
     """Complete every prompt; returns texts in input order. ``stats`` (if given) receives

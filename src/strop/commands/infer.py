@@ -117,8 +117,8 @@ def generate_command(
     loaded, tokenizer = _load(model, adapter)
     stats: dict = {}
     start = time.perf_counter()
-    show_bar = sys.stderr.isatty()  # a bar in a log file is only noise
-    completions = generate(loaded, tokenizer, prompts, params, progress=show_bar, stats=stats)
+    # a bar on a terminal; in a log file a line every 10 s, so a long run never looks hung
+    completions = generate(loaded, tokenizer, prompts, params, progress=input, stats=stats)
     elapsed = max(time.perf_counter() - start, 1e-9)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

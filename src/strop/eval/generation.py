@@ -124,7 +124,13 @@ def run_generation(
     params = generation_params(task, seed)
     n = task.n_samples
     # Each prompt n times in a row: one seeded generate call draws n different samples.
-    flat = generate(model, tokenizer, [p for p, _ in pairs for _ in range(n)], params)
+    flat = generate(
+        model,
+        tokenizer,
+        [p for p, _ in pairs for _ in range(n)],
+        params,
+        progress=f"task {task.name}",
+    )
     samples = [flat[i * n : (i + 1) * n] for i in range(len(pairs))]
     refs = [ref for _, ref in pairs]
     metrics = score_generations(task, samples, refs, [r.origin for r in examples])
