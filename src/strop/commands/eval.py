@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from strop.eval.config import load_eval_config
+from strop.eval.runner import run_eval
 
 
 def eval_command(config: str, overrides: list[str]) -> None:
-    from strop.eval.runner import run_eval
 
     cfg = load_eval_config(config, overrides)
     out = run_eval(cfg, log=lambda msg: print(msg, file=sys.stderr))

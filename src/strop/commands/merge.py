@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 from strop.merge.config import load_merge_config
+from strop.merge.run import run_merge
+from strop.merge.search import run_search
 
 
 def merge_command(config: str, overrides: list[str]) -> None:
@@ -14,13 +16,10 @@ def merge_command(config: str, overrides: list[str]) -> None:
         print(msg, file=sys.stderr)
 
     if cfg.search is not None:
-        from strop.merge.search import run_search
-
         result = run_search(cfg, tree, source, log=log)
         print(result.table_md.read_text())
         print(f"best candidate written to {result.best_dir}; table {result.table_md}")
         return
-    from strop.merge.run import run_merge
 
     out = run_merge(cfg, log=log)
     print(f"wrote {out} (manifest: {out / 'merge_manifest.json'})")

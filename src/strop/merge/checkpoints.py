@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from strop.errors import StropError
+from strop.hub import resolve_model
 from strop.merge.io import SafetensorsDir, TensorInfo
 from strop.train.checkpoint import MARKER, JsonIndexReader, read_index
 
@@ -112,7 +113,6 @@ class CheckpointSource:
 
 def checkpoint_sources(run_dir: Path, last: int, label: str) -> tuple[list, Path]:
     """Sources for the newest ``last`` committed checkpoints, and the run's base model dir."""
-    from strop.hub import resolve_model
 
     cfg = run_method(run_dir)
     found = committed_checkpoints(run_dir)

@@ -20,6 +20,7 @@ from strop.merge.inputs import Input, chat_template, open_input, sha256, vocab_m
 from strop.merge.io import ShardWriter, Source, StateDictSource, TensorInfo
 from strop.merge.methods import MERGE_METHODS, MergeMethod
 from strop.merge.params import ParamResolver
+from strop.quiet import quiet_transformers
 from strop.train.artifacts import atomic_dir
 
 OUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -247,8 +248,6 @@ def _manifest(
 def _save_tokenizer(src: Path, out: Path) -> None:
     # AutoTokenizer as saved, not strop's load_tokenizer: that one fills in a pad token.
     from transformers import AutoTokenizer
-
-    from strop.quiet import quiet_transformers
 
     quiet_transformers()
     AutoTokenizer.from_pretrained(src, trust_remote_code=False).save_pretrained(out)

@@ -21,7 +21,9 @@ from strop.config.load import read_yaml_tree
 from strop.errors import StropError
 from strop.eval.config import EvalConfig, ModelSpec
 from strop.eval.config import TaskBase as TaskSpec  # TaskBase.model_validate: any task type
+from strop.eval.runner import score_models
 from strop.merge.config import MergeConfig, SearchSection, set_dotted, validate_merge_tree
+from strop.merge.run import run_merge
 from strop.train.artifacts import atomic_dir
 
 
@@ -81,7 +83,6 @@ def score_candidate(
     model_dir: Path, tasks: list[TaskSpec], seed: int, log: Callable[[str], None]
 ) -> dict[str, float]:
     """Every metric of every task for one merged model, as ``task/metric``."""
-    from strop.eval.runner import score_models
 
     ecfg = EvalConfig(
         models={"candidate": ModelSpec(model=str(model_dir))},
@@ -100,7 +101,6 @@ def score_candidate(
 def run_search(
     cfg: MergeConfig, tree: dict, source: str, log: Callable[[str], None] = print
 ) -> SearchResult:
-    from strop.merge.run import run_merge
 
     search = cfg.search
     assert search is not None

@@ -18,6 +18,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from strop.errors import StropRuntimeError, disk_full
+from strop.models import bottleneck
 
 
 @contextlib.contextmanager
@@ -85,8 +86,6 @@ def _write_model(
     model: nn.Module, state: dict, tokenizer, out: Path, is_adapter: bool, base_dir: Path
 ) -> None:
     if is_adapter and hasattr(model, "strop_adapter"):  # bottleneck adapters: strop's format
-        from strop.models import bottleneck
-
         bottleneck.save(model, state, out, base_dir)
         tokenizer.save_pretrained(out)
         return
