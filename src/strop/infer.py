@@ -140,14 +140,17 @@ def _left_padding(tokenizer) -> Iterator[None]:
         tokenizer.padding_side = old
 
 
-def _batches(order: list[int], size: int, progress: bool | str) -> Iterator[list[int]]:
-    """The prompts' batches, with progress on stderr when asked (``progress`` a label, or
-    True): a bar on a terminal, a plain line every 10 s elsewhere (strop.progress)."""
+def _batches(
+    order: list[int], size: int, progress: bool | str
+) -> Iterator[tuple[list[int], Progress]]:
+    """The prompts' batches and the progress they report to, on stderr when asked
+    (``progress`` a label, or True): a bar on a terminal, a plain line every 10 s elsewhere
+    (strop.progress), also from inside a long batch (its decode step)."""
     chunks = [order[i : i + size] for i in range(0, len(order), size)]
     label = progress if isinstance(progress, str) else "generating"
     with Progress(len(order), label, "prompts", enabled=bool(progress)) as bar:
         for chunk in chunks:
-            yield chunk
+            yield chunk, bar
             bar.advance(len(chunk))
 
 
@@ -193,7 +196,9 @@ def generate(
         with _left_padding(tokenizer), torch.inference_mode(), _seeded(params.seed, device):
             engine = _engine_serves(model, params)
             pad = kwargs["generation_config"].pad_token_id
-            for n, chunk in enumerate(_batches(order, params.batch_size, progress)):
+            n_batches = -(-len(order) // params.batch_size)
+            for n, (chunk, bar) in enumerate(_batches(order, params.batch_size, progress)):
+                where = f"batch {n + 1}/{n_batches}"
                 if engine:  # seeded per batch: reproducible for a seed and a batch size
                     ro = sample(
                         model,
@@ -205,6 +210,9 @@ def generate(
                         params.temperature,
                         params.top_p,
                         seed=params.seed + n,
+                        on_step=lambda t: bar.heartbeat(
+                            f"{where}: token {t}/{params.max_new_tokens}"
+                        ),
                     )
                     rows = ro.completion_ids
                 else:

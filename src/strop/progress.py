@@ -75,6 +75,16 @@ class Progress:
             self._last = now
             print(self.line(now), file=self.stream, flush=True)
 
+    def heartbeat(self, detail: str) -> None:
+        """Inside a long unit of work (a batch of prompts): off a terminal, the usual line with
+        ``detail`` once ``every`` seconds have passed since the last line."""
+        if not self.enabled or self._bar is not None:
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.every:
+            self._last = now
+            print(f"{self.line(now)}; {detail}", file=self.stream, flush=True)
+
     def line(self, now: float | None = None) -> str:
         """``label: 12/40 prompts (30%), 0.41 prompts/s, eta 1m08s`` (at the end: the time)."""
         elapsed = (now or time.perf_counter()) - self._t0

@@ -25,6 +25,7 @@ not implemented here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -127,17 +128,37 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> Rollout:
-    """``group_size`` completions for every prompt (token ids, no padding)."""
+    """``group_size`` completions for every prompt (token ids, no padding). ``on_step(t)`` is
+    called after decode step t (1-based): progress for long batches."""
     with weights_cast_once(model, next(model.parameters()).device.type):
         return _sample(
-            model, prompts, group_size, max_new_tokens, stop_ids, pad_id, temperature, top_p, seed
+            model,
+            prompts,
+            group_size,
+            max_new_tokens,
+            stop_ids,
+            pad_id,
+            temperature,
+            top_p,
+            seed,
+            on_step,
         )
 
 
 @torch.no_grad()
 def _sample(
-    model, prompts, group_size, max_new_tokens, stop_ids, pad_id, temperature, top_p, seed
+    model,
+    prompts,
+    group_size,
+    max_new_tokens,
+    stop_ids,
+    pad_id,
+    temperature,
+    top_p,
+    seed,
+    on_step=None,
 ) -> Rollout:
     device = next(model.parameters()).device
     was_training = model.training
@@ -179,6 +200,8 @@ def _sample(
         done = torch.isin(tok, stops)
         finished[active] = done
         steps += 1
+        if on_step is not None:
+            on_step(t + 1)
         if t + 1 == max_new_tokens or bool(done.all()):
             break
         if bool(done.any()):  # finished completions leave the batch and the cache

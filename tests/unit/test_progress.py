@@ -47,3 +47,25 @@ def test_generate_reports_progress_when_the_output_is_not_a_terminal(capsys, tin
     )
     err = capsys.readouterr().err
     assert "base model: answering: 3/3 prompts (100%)" in err and "done in" in err
+
+
+def test_a_long_batch_reports_from_inside_its_decode_loop(capsys, tiny_llama_dir):
+    """One batch of all prompts: off a terminal the engine's decode steps still report."""
+    from strop import progress
+    from strop.infer import GenerationParams, generate
+    from strop.models.load import load_model
+
+    model, tok, _ = load_model(str(tiny_llama_dir))
+    params = GenerationParams(max_new_tokens=6, batch_size=8)
+    original = progress.Progress.__init__
+
+    def every_step(self, *a, **k):  # a line at every heartbeat instead of every 10 s
+        original(self, *a, **{**k, "every": 0.0})
+
+    try:
+        progress.Progress.__init__ = every_step
+        generate(model, tok, ["hi", "there"], params, progress="answering")
+    finally:
+        progress.Progress.__init__ = original
+    err = capsys.readouterr().err
+    assert "answering: 0/2 prompts (0%)" in err and "; batch 1/1: token 1/6" in err
