@@ -210,7 +210,7 @@ def generate(
                         params.temperature,
                         params.top_p,
                         seed=params.seed + n,
-                        on_step=lambda t: bar.heartbeat(
+                        on_step=lambda t, bar=bar, where=where: bar.heartbeat(
                             f"{where}: token {t}/{params.max_new_tokens}"
                         ),
                     )
