@@ -8,6 +8,7 @@ on the left), generated with the KV cache and returned in the caller's order.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -72,8 +73,8 @@ def _check_params(params: GenerationParams) -> None:
         raise StropError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
     if params.batch_size < 1:
         raise StropError(f"batch_size must be >= 1, got {params.batch_size}")
-    if params.temperature < 0:
-        raise StropError(f"temperature must be >= 0, got {params.temperature}")
+    if not params.temperature >= 0 or math.isinf(params.temperature):  # nan fails >= too
+        raise StropError(f"temperature must be a finite number >= 0, got {params.temperature}")
     if not 0 < params.top_p <= 1:
         raise StropError(f"top_p must be in (0, 1], got {params.top_p}")
 

@@ -8,6 +8,7 @@ ENOSPC midway."""
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -217,3 +218,31 @@ def test_disk_full_recognises_each_writers_report(tmp_path):
     assert disk_full(wrapped, tmp_path, 10) is None  # room to spare: some other failure
     assert disk_full(ValueError("a bug"), tmp_path, huge) is None
     assert disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path, huge) is None
+
+
+def test_a_prepare_output_that_does_not_fit_is_one_sentence_and_leaves_nothing(
+    tmp_path, small_disk
+):
+    """strop prepare on a tiny disk: the sentence, exit 1, and output.dir gone again (it did
+    not exist before); an empty input is refused the same way, leaving nothing behind."""
+    import yaml
+
+    data = tmp_path / "big.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": "alpha " * 200 + str(i)}) + "\n" for i in range(400))
+    )
+    disk = small_disk(tmp_path / "disk", 100_000)
+    cfg = tmp_path / "prep.yaml"
+    out = disk / "clean"
+    cfg.write_text(
+        yaml.safe_dump({"inputs": [str(data)], "output": {"dir": str(out)}, "steps": ["normalise"]})
+    )
+    line = strop_error(["prepare", str(cfg)], 1)
+    assert "no space left on device" in line and str(out) in line
+    assert not out.exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    line = strop_error(
+        ["prepare", str(cfg), f"inputs=[{empty}]", f"output.dir={tmp_path / 'o'}"], 2
+    )
+    assert "inputs: no rows in" in line and not (tmp_path / "o").exists()

@@ -57,8 +57,18 @@ def test_output_dir_that_is_not_a_directory_is_one_sentence(tmp_path, where):
     blocker.write_text("x")
     out = blocker if where == "file" else blocker / "run"
     raw = _raw(tmp_path, train={"output_dir": str(out)})
-    with pytest.raises(StropError, match="train.output_dir: .*(is a file|part of the path is a)"):
+    with pytest.raises(
+        StropError, match="train.output_dir: .*(is an existing file|because .* is a file)"
+    ):
         train(load_config(None, raw=raw))
+
+
+@pytest.mark.parametrize("path", ["", "."])
+def test_an_empty_or_current_output_dir_is_refused(tmp_path, path):
+    """'' would write the run into the current directory, where resume: never would move
+    everything aside."""
+    with pytest.raises(StropError, match="train.output_dir: empty"):
+        train(load_config(None, [f"train.output_dir='{path}'"], raw=_raw(tmp_path)))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")

@@ -146,6 +146,9 @@ def test_bad_params_are_user_errors(loaded):
         generate(model, tok, ["hi"], GenerationParams(top_p=0.0))
     with pytest.raises(StropError, match="max_new_tokens"):
         generate(model, tok, ["hi"], GenerationParams(max_new_tokens=0))
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(StropError, match="temperature must be a finite number"):
+            generate(model, tok, ["hi"], GenerationParams(temperature=bad))
 
 
 def test_cut_and_truncate_helpers():

@@ -11,7 +11,7 @@ SRC = Path(__file__).parents[2] / "src"
 
 # Lowest first. A module belongs to the first entry that is its name or a package above it.
 LAYERS: list[tuple[str, ...]] = [
-    ("strop", "strop.errors", "strop.quiet", "strop.sandbox", "strop.progress"),  # no strop below
+    ("strop", "strop.errors", "strop.files", "strop.quiet", "strop.sandbox", "strop.progress"),
     ("strop.config",),  # strict loaders; pydantic and yaml only
     ("strop.tiny", "strop.hub", "strop.gguf_import"),  # model names -> local dirs
     ("strop.models",),  # load, transforms (methods), log-probs, attention, decode steps

@@ -166,3 +166,15 @@ def test_a_file_that_is_not_utf8_is_one_sentence(tmp_path: Path):
     path.write_bytes("question,A,B,answer\n哪个,是,否,A\n".encode("gbk"))
     with pytest.raises(StropError, match=r"gbk\.csv.*not UTF-8 text.*save it as UTF-8"):
         load_mc_file(path)
+
+
+def test_an_empty_task_file_is_an_error_not_a_nan_score(tmp_path: Path):
+    from strop.errors import StropError
+    from strop.eval.config import TASK_SPECS
+    from strop.eval.tasks import load_examples
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    task = TASK_SPECS["multiple_choice"](name="mc", type="multiple_choice", data=str(empty))
+    with pytest.raises(StropError, match="task 'mc': .*empty.csv: no examples to score"):
+        load_examples(task)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from strop.errors import StropError
+from strop.files import output_file
 from strop.hub import KNOWN_MODELS, is_materialised, materialised_path
 from strop.infer import GenerationParams, generate
 from strop.models.load import load_model
@@ -113,6 +114,7 @@ def generate_command(
 ) -> None:
     """Complete every row of a JSONL file and write the rows back with a ``completion``."""
     rows, prompts = read_prompts(input)  # validate before the (slow) model load
+    output_file(output, "--output")
     params = GenerationParams(max_new_tokens, temperature, top_p, list(stop), batch_size, seed)
     loaded, tokenizer = _load(model, adapter)
     stats: dict = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from strop.files import output_dir
 from strop.merge.config import load_merge_config
 from strop.merge.run import run_merge
 from strop.merge.search import run_search
@@ -11,6 +12,8 @@ from strop.merge.search import run_search
 
 def merge_command(config: str, overrides: list[str]) -> None:
     cfg, tree, source = load_merge_config(config, overrides)
+    # The output is written as .NAME.tmp beside it and renamed: its folder must be creatable.
+    output_dir(cfg.output.dir, "output.dir", create=False)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)

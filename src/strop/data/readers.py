@@ -187,6 +187,8 @@ def read_rows(path: str | Path) -> Iterator[RawRow]:
     file, or has an unsupported extension.
     """
     path = Path(path)
+    if path.is_dir():
+        raise StropError(f"{path}: is a directory; give a data file (.jsonl .json .csv .parquet).")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         supported = ", ".join(READERS)

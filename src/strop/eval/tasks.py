@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from strop.data.records import Record
 from strop.data.validate import load_records
+from strop.errors import StropError
 from strop.eval.classification import load_classification_examples, run_classification
 from strop.eval.config import PerplexityTask, TaskBase
 from strop.eval.generation import run_generation
@@ -52,7 +53,12 @@ LOADERS: dict[str, Callable[..., list]] = {
 
 
 def load_examples(task: TaskBase) -> list:
-    return LOADERS[task.type](task)
+    """The task's examples; a file without any is an error, never a score of nan."""
+    examples = LOADERS[task.type](task)
+    if not examples:
+        data = task.data if isinstance(task.data, str) else ", ".join(task.data)
+        raise StropError(f"task {task.name!r}: {data}: no examples to score (the file is empty)")
+    return examples
 
 
 TaskFn = Callable[..., TaskOutput]

@@ -28,6 +28,7 @@ import yaml
 from strop.config.load import dump_config
 from strop.config.schema import Config
 from strop.errors import StropError
+from strop.files import output_dir
 from strop.train.checkpoint import committed, find_resume
 
 LOCK = ".lock"
@@ -67,19 +68,8 @@ def claim(cfg: Config, source: str = "config") -> Path:
 
 
 def _make_writable_dir(run_dir: Path) -> None:
-    where = f"train.output_dir: {run_dir}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise StropError(f"{where} is a file, not a directory; choose another output_dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except NotADirectoryError:
-        raise StropError(f"{where}: a part of the path is a file, not a directory") from None
-    except PermissionError:
-        raise StropError(f"{where}: no permission to create it") from None
-    except OSError as exc:
-        raise StropError(f"{where}: cannot create it ({exc.strerror})") from None
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise StropError(f"{where} is not writable; choose another output_dir")
+    # Not '' or '.': the run dir gets a lock, and resume: never moves its contents aside.
+    output_dir(run_dir, "train.output_dir")
 
 
 def _lock(run_dir: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 from array import array
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from strop.data.prepare.report import (
     write_json,
     write_markdown,
 )
-from strop.errors import StropError
+from strop.errors import StropError, StropRuntimeError, disk_full
 
 
 @dataclass
@@ -233,10 +234,30 @@ def run_prepare(
     log: Callable[[str], None] | None = None,
     log_every: int = 100_000,
 ) -> PrepareResult:
-    """Run the configured steps over the inputs and write every output; see docs/prepare.md."""
+    """Run the configured steps over the inputs and write every output; see docs/prepare.md.
+    A full disk, or inputs without a single row, leave output.dir as it was before the run
+    (what this run wrote is removed) and end with one sentence."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     specs = specs if specs is not None else cfg.step_params()
+    existed = Path(cfg.output.dir).is_dir()
     out_dir = _output_dir(Path(cfg.output.dir))
+    there = set(out_dir.iterdir())
+    try:
+        return _run(cfg, specs, log, log_every, out_dir)
+    except BaseException as exc:
+        full = disk_full(exc, out_dir)
+        if full is None and not getattr(exc, "clean_outputs", False):
+            raise
+        for path in set(out_dir.iterdir()) - there:  # only what this run wrote
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if not existed and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if full is None:
+            raise
+        raise StropRuntimeError(f"writing {out_dir}: {full}") from None
+
+
+def _run(cfg: PrepareConfig, specs, log, log_every: int, out_dir: Path) -> PrepareResult:
     name = cfg.output.name
     steps = build_steps(specs)
     stratify = cfg.split.stratify if cfg.split else None
@@ -261,6 +282,13 @@ def run_prepare(
         writer.fh.close()
         quarantine.fh.close()
     elapsed = perf_counter() - t0
+    if rows == 0:
+        empty = StropError(
+            f"inputs: no rows in {', '.join(str(i.path) for i in cfg.inputs)} (empty files); "
+            "nothing to prepare"
+        )
+        empty.clean_outputs = True
+        raise empty
     files, split_info = _outputs(cfg, data_path, writer)
     files["quarantine"] = quarantine.path
     report = {
