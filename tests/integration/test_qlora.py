@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from strop.config import load_config
+from strop.config.methods import QloraMethod
 from strop.models.load import load_model
 from strop.models.transforms import parse_method, qlora
 from strop.train.loop import train
@@ -69,7 +70,7 @@ def test_training_after_eval_keeps_gradients(tiny_llama_dir):
     for evaluate_first in (False, True):
         base, _, _ = load_model(str(tiny_llama_dir))
         torch.manual_seed(0)
-        model = qlora.apply(base, qlora.QloraParams(r=4, init=False))
+        model = qlora.apply(base, QloraMethod(name="qlora", r=4, init=False))
         if evaluate_first:
             model.eval()
             with torch.no_grad():
