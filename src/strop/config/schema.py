@@ -299,11 +299,6 @@ class Config(Section):
         return self.data.packing and self.stage in PACKING_STAGES
 
     @property
-    def stage_section(self) -> Section | None:
-        """The section of this config's stage (cfg.dpo for stage dpo), None for pt/sft."""
-        return getattr(self, self.stage, None) if self.stage in STAGE_SECTIONS else None
-
-    @property
     def shares_prefixes(self) -> bool:
         """data.share_prefix resolved: true, or auto where the run allows it."""
         setting = self.data.share_prefix

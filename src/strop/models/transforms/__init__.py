@@ -71,11 +71,6 @@ def parse_method(method: dict[str, Any] | Any, source: str = "config") -> tuple[
     return TRANSFORMS[method.name], method
 
 
-def apply_method(model, method) -> Any:
-    """The model with ``method``'s transform applied (adapters injected, parameters frozen)."""
-    return TRANSFORMS[method.name].apply(model, method)
-
-
 def count_trainable(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
