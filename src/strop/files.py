@@ -22,14 +22,24 @@ def output_dir(path: str | Path, key: str, create: bool = True) -> Path:
         raise StropError(f"{key}: empty; name a directory for the output")
     blocker = _blocker(path)
     if blocker == path:
-        raise StropError(f"{key}: {path} is an existing file, not a directory; choose another")
+        raise StropError(
+            f"{key}: {path} is an existing file, not a directory; choose another {key}."
+        )
     if blocker is not None:
-        raise StropError(f"{key}: cannot create {path}, because {blocker} is a file")
+        raise StropError(
+            f"{key}: cannot create {path}, because {blocker} is a file, not a directory."
+        )
     if create:
+        probe = path / f".strop-write-test-{os.getpid()}"
         try:
             path.mkdir(parents=True, exist_ok=True)
+            probe.touch()  # permissions alone do not tell (root, read-only mounts)
+            probe.unlink()
         except OSError as exc:
-            raise StropError(f"{key}: cannot create {path} ({exc.strerror or exc})") from None
+            raise StropError(
+                f"{key}: cannot write to {path} ({exc.strerror or exc}); choose a writable {key}."
+            ) from None
+        return path
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StropError(f"{key}: {existing} is not writable; choose another")

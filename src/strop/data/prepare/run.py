@@ -4,7 +4,6 @@ calls). See strop.data.prepare.pipeline for how the work is split and ordered.""
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import sys
@@ -34,6 +33,7 @@ from strop.data.prepare.report import (
     write_markdown,
 )
 from strop.errors import StropError, StropRuntimeError, disk_full
+from strop.files import output_dir
 
 
 @dataclass
@@ -202,32 +202,6 @@ def _outputs(cfg: PrepareConfig, data_path: Path, writer: _Writer) -> tuple[dict
     return files, split_info
 
 
-def _output_dir(out_dir: Path) -> Path:
-    """``output.dir``, created when missing; one sentence naming the key, not a traceback,
-    when it is a file, lies under a file, or cannot be written."""
-    blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
-    if blocker == out_dir:
-        raise StropError(
-            f"output.dir: {out_dir} is an existing file, not a directory; choose another "
-            "output.dir."
-        )
-    if blocker is not None:
-        raise StropError(
-            f"output.dir: cannot create {out_dir}, because {blocker} is a file, not a directory."
-        )
-    probe = out_dir / f".strop-write-test-{os.getpid()}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe.touch()  # permissions alone do not tell (root, read-only mounts)
-        probe.unlink()
-    except OSError as e:
-        raise StropError(
-            f"output.dir: cannot write to {out_dir} ({e.strerror or e}); choose a writable "
-            "output.dir."
-        ) from None
-    return out_dir
-
-
 def run_prepare(
     cfg: PrepareConfig,
     specs: list[tuple[str, Section]] | None = None,
@@ -240,7 +214,7 @@ def run_prepare(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     specs = specs if specs is not None else cfg.step_params()
     existed = Path(cfg.output.dir).is_dir()
-    out_dir = _output_dir(Path(cfg.output.dir))
+    out_dir = output_dir(cfg.output.dir, "output.dir")
     there = set(out_dir.iterdir())
     try:
         return _run(cfg, specs, log, log_every, out_dir)
