@@ -8,26 +8,9 @@ from pathlib import Path
 
 import yaml
 
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "kilo",
-    "lima",
-    "tango",
-    "zulu",
-    "red",
-    "green",
-    "blue",
-    "one",
-    "two",
-    "three",
-]
-
-
-def _sentence(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+# The same word list and sentences as the test suite's data writers (the repo root is on
+# sys.path: benchmarks/reliability/__init__.py puts it there).
+from tests.helpers import WORDS, _sentence  # noqa: E402,F401
 
 
 def jsonl(path: Path, rows) -> Path:
