@@ -175,3 +175,38 @@ def run_worker(script: str, worker: str, flags: dict, show_stderr: bool = False)
         return res
     finally:
         Path(out).unlink(missing_ok=True)
+
+
+def cpu_facts() -> dict:
+    """What the CPU kernels run with, for every benchmark table: model, cores torch uses, and
+    the instruction sets that decide fp32 vs bf16 speed (AVX-512, AVX512-BF16, AMX)."""
+    import platform
+
+    import torch
+
+    flags: set[str] = set()
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    has = {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+    return {
+        "cpu": model,
+        "threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **has,
+    }
+
+
+def cpu_line(facts: dict) -> str:
+    yes = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if facts.get(f)]
+    return (
+        f"CPU: {facts['cpu']}, {facts['threads']} threads, torch kernels "
+        f"{facts['torch_cpu_capability']}; flags: {', '.join(yes) or 'none of'} "
+        f"(of avx2, avx512f, avx512_bf16, amx_bf16)"
+    )

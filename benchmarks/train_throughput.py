@@ -29,6 +29,8 @@ from throughput_common import (
     DEFAULT_CONFIGS,
     FLOPS_FORMULA,
     RESULTS,
+    cpu_facts,
+    cpu_line,
     measure_peak,
     run_worker,
 )
@@ -192,6 +194,8 @@ def main(argv=None) -> int:
         f"max_length {args.max_length}, {args.warmup} warmup + {args.steps} timed steps, "
         f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs"
     )
+    facts = cpu_facts()
+    print(cpu_line(facts))
     n, secs = (1024, 0.5) if args.tiny else (2048, 2.0)
     peaks = {d: measure_peak(d, n, secs) for d in ("fp32", "bf16")}
     peak = peaks[args.precision]
@@ -244,6 +248,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        **facts,
         "torch": torch.__version__,
         "peak_gflops": peaks,
         "flops_formula": FLOPS_FORMULA,

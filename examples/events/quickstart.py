@@ -46,7 +46,9 @@ def answer_all(model, tok, prompts, label: str) -> list[str]:
     from strop.infer import GenerationParams, generate
 
     t0 = time.perf_counter()
-    params = GenerationParams(max_new_tokens=96, temperature=0.0, batch_size=20)
+    # every prompt decodes at once (continuous batching); on an x86 CPU in fp32 the decode step
+    # reads fp16 copies of the weights (docs/performance.md "Generation": ~2x, replies measured)
+    params = GenerationParams(max_new_tokens=96, temperature=0.0, batch_size=40)
     outs = generate(model, tok, prompts, params, progress=f"{label} model: answering")
     print(
         f"{label}: answered {len(outs)} held-out announcements in {time.perf_counter() - t0:.0f}s"

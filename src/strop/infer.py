@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from strop.engine import Engine, Request
 from strop.errors import StropError
 from strop.models.prompt_learning import active_config
 from strop.progress import Progress
@@ -31,6 +32,9 @@ END_OF_TURN_TOKENS = (
 )
 
 
+WEIGHTS = ("auto", "exact")
+
+
 @dataclass
 class GenerationParams:
     max_new_tokens: int = 256
@@ -39,6 +43,10 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 8
     seed: int = 0
+    # "auto": on an x86 CPU decoding in fp32, the decode step reads fp16 copies of the weights
+    # (about 2x faster; greedy replies measured in docs/performance.md "Generation");
+    # "exact": the model's own weights
+    weights: str = "auto"
 
 
 def render_prompt(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
@@ -68,7 +76,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _check_params(params: GenerationParams) -> None:
+def check_params(params: GenerationParams) -> None:
     if params.max_new_tokens < 1:
         raise StropError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
     if params.batch_size < 1:
@@ -77,6 +85,8 @@ def _check_params(params: GenerationParams) -> None:
         raise StropError(f"temperature must be a finite number >= 0, got {params.temperature}")
     if not 0 < params.top_p <= 1:
         raise StropError(f"top_p must be in (0, 1], got {params.top_p}")
+    if params.weights not in WEIGHTS:
+        raise StropError(f"weights must be one of {', '.join(WEIGHTS)}, got {params.weights!r}")
 
 
 class _StopStrings:
@@ -175,12 +185,12 @@ def generate(
     """Complete every prompt; returns texts in input order. ``stats`` (if given) receives
     ``new_tokens``, the number of tokens generated in total.
 
-    Batches go through strop's rollout engine (reserved KV cache, finished rows leave the
-    batch, the lean Llama-family decode step: docs/performance.md, "GRPO rollouts"); with stop
-    strings or a prompt-learning adapter, through transformers' ``generate``."""
-    from transformers import StoppingCriteriaList
-
-    _check_params(params)
+    Llama-family models generate with continuous batching (strop.engine: ``batch_size`` rows
+    decode at once and a finished row's slot goes to the next prompt; LoRA folded into the
+    step's weights; sampled prompt i draws from its own generator seeded ``seed + i``). Other
+    models go through strop's rollout engine in static batches (finished rows leave the batch),
+    and stop strings or a prompt-learning adapter through transformers' ``generate``."""
+    check_params(params)
     rendered = [render_prompt(tokenizer, p, system) for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rendered]
     # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
@@ -188,8 +198,58 @@ def generate(
     kwargs = _generation_kwargs(model, tokenizer, params)
     # Rows that finish early are filled with pad, so pad ends a reply too.
     stop_ids = set(stop_token_ids(model, tokenizer)) | {kwargs["generation_config"].pad_token_id}
+    pad = kwargs["generation_config"].pad_token_id
+    if _engine_serves(model, params) and encoded:
+        capacity = max(len(e) for e in encoded) + params.max_new_tokens
+        slots = min(params.batch_size, len(encoded))
+        fp16 = params.weights == "auto"
+        engine = Engine.create(model, slots, capacity, sorted(stop_ids), fp16_weights=fp16)
+        if engine is not None:
+            return _generate_continuous(
+                engine, tokenizer, encoded, order, params, pad, stop_ids, progress, stats
+            )
+    return _generate_static(
+        model, tokenizer, encoded, order, params, kwargs, stop_ids, progress, stats
+    )
+
+
+def _generate_continuous(
+    engine: Engine, tokenizer, encoded, order, params, pad, stop_ids, progress, stats
+) -> list[str]:
+    requests = {
+        i: Request(
+            encoded[i], params.max_new_tokens, params.temperature, params.top_p, params.seed + i
+        )
+        for i in order
+    }
+    label = progress if isinstance(progress, str) else "generating"
+    with (
+        Progress(len(order), label, "prompts", enabled=bool(progress)) as bar,
+        torch.inference_mode(),
+    ):
+        engine.run(
+            [requests[i] for i in order],
+            pad,
+            on_done=lambda r: bar.advance(1),
+            on_step=lambda t: bar.heartbeat(f"decode step {t}"),
+        )
+    new_tokens, out = 0, [""] * len(encoded)
+    for i, r in requests.items():
+        ids, made = _cut(r.tokens, stop_ids)
+        new_tokens += made
+        out[i] = tokenizer.decode(ids, skip_special_tokens=True)
+    if stats is not None:
+        stats["new_tokens"] = new_tokens
+    return out
+
+
+def _generate_static(
+    model, tokenizer, encoded, order, params, kwargs, stop_ids, progress, stats
+) -> list[str]:
+    from transformers import StoppingCriteriaList
+
     device = next(model.parameters()).device
-    out: list[str] = [""] * len(prompts)
+    out: list[str] = [""] * len(encoded)
     new_tokens = 0
     was_training = model.training
     model.eval()

@@ -59,7 +59,11 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    u: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [B], log-probs [B] under softmax(logits / T)) from logits [B, V] (fp32).
     top_p restricts the draw to the smallest set of tokens holding top_p of the mass; the
@@ -69,7 +73,8 @@ def sample_tokens(
     The draw is by inverse CDF: one uniform number per row, located in the row's cumulative
     probabilities (float64, so every token keeps an interval of its own probability's width).
     ``torch.multinomial`` draws an exponential variate per *vocabulary entry* (49,152 of them
-    per row for SmolLM2): on CPU that alone cost a third of a decode step."""
+    per row for SmolLM2): on CPU that alone cost a third of a decode step. ``u`` [B, 1]
+    (float64 in [0, 1)) gives the rows' uniform numbers instead of ``generator``."""
     z = logits if temperature in (0, 1) else logits / temperature
     lse = z.logsumexp(-1, keepdim=True)
     if temperature == 0:
@@ -82,7 +87,8 @@ def sample_tokens(
             outside = probs.cumsum(-1) - probs > top_p  # mass before this token > top_p
             probs = probs.masked_fill_(outside, 0.0)
         cdf = probs.cumsum(-1, dtype=torch.float64)
-        u = torch.rand(len(z), 1, generator=generator, dtype=torch.float64, device=z.device)
+        if u is None:
+            u = torch.rand(len(z), 1, generator=generator, dtype=torch.float64, device=z.device)
         # the first index whose cumulative mass exceeds u * total: P(index k) = p_k / total
         idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=z.shape[-1] - 1)
         tokens = (idx if order is None else order.gather(1, idx))[:, 0]

@@ -16,7 +16,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("strop.tiny", "strop.hub", "strop.gguf_import"),  # model names -> local dirs
     ("strop.models",),  # load, transforms (methods), log-probs, attention, decode steps
     ("strop.data",),  # readers, rendering, masks, packing, prepare
-    ("strop.rollout", "strop.infer", "strop.reward"),  # sampling, generation, reward models
+    # sampling, continuous batching, generation, reward models
+    ("strop.rollout", "strop.engine", "strop.infer", "strop.reward"),
     ("strop.eval",),
     ("strop.train", "strop.merge"),  # the loop and objectives; merging (searches with eval)
     ("strop.commands",),  # one function per verb

@@ -13,7 +13,7 @@ from rich.table import Table
 from strop.errors import StropError
 from strop.files import output_file
 from strop.hub import KNOWN_MODELS, is_materialised, materialised_path
-from strop.infer import GenerationParams, generate
+from strop.infer import GenerationParams, check_params, generate
 from strop.models.load import load_model
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -111,11 +111,15 @@ def generate_command(
     stop: list[str],
     batch_size: int,
     seed: int,
+    weights: str = "auto",
 ) -> None:
     """Complete every row of a JSONL file and write the rows back with a ``completion``."""
     rows, prompts = read_prompts(input)  # validate before the (slow) model load
     output_file(output, "--output")
-    params = GenerationParams(max_new_tokens, temperature, top_p, list(stop), batch_size, seed)
+    params = GenerationParams(
+        max_new_tokens, temperature, top_p, list(stop), batch_size, seed, weights
+    )
+    check_params(params)
     loaded, tokenizer = _load(model, adapter)
     stats: dict = {}
     start = time.perf_counter()

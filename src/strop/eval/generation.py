@@ -28,6 +28,7 @@ def generation_params(task: Decoding, seed: int) -> GenerationParams:
         stop=list(task.stop),
         batch_size=task.batch_size,
         seed=seed,
+        weights="exact",  # a score measures the model itself, not a faster approximation
     )
 
 

@@ -71,6 +71,19 @@ def reserved_cache(model, capacity: int):
         def get_seq_length(self) -> int:
             return self.length
 
+        def append(self, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype):
+            """The lean step's write: every row's new key/value [B, KV, hd] at the next
+            column (keys prefilled in the residual dtype are cast to ``dtype`` once); returns
+            the keys and values to attend to."""
+            if self.k_buf.dtype != dtype:
+                self.k_buf, self.v_buf = self.k_buf.to(dtype), self.v_buf.to(dtype)
+            self.k_buf[:, :, self.length] = k
+            self.v_buf[:, :, self.length] = v
+            self.length += 1
+            self.keys = self.k_buf[:, :, : self.length]
+            self.values = self.v_buf[:, :, : self.length]
+            return self.keys, self.values
+
         def _rebuild(self, pick) -> None:
             if self.is_initialized:
                 self.k_buf, self.v_buf = pick(self.k_buf), pick(self.v_buf)
@@ -101,9 +114,15 @@ class _Projection:
     bias: torch.Tensor | None  # [out]
     lora_a: torch.Tensor | None  # [R, in]: the layers' A stacked
     lora_b: torch.Tensor | None  # [out, R]: their scaled B, block-diagonal
+    packed: object = None  # fbgemm's fp16 copy of (weight, bias), when decoding with fp16 weights
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = x @ self.weight.T if self.bias is None else torch.addmm(self.bias, x, self.weight.T)
+        if self.packed is not None:
+            y = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        elif self.bias is None:
+            y = x @ self.weight.T
+        else:
+            y = torch.addmm(self.bias, x, self.weight.T)
         if self.lora_a is not None:
             y.addmm_(x @ self.lora_a.T, self.lora_b.T)
         return y
@@ -137,10 +156,32 @@ def _linear_parts(module: nn.Module):
     )
 
 
-def _projection(modules: list[nn.Module], dtype: torch.dtype) -> _Projection | None:
+def fp16_weights_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """fbgemm's fp16-weight linear serves this step: fp32 compute on an x86 CPU with AVX2 or
+    better (where bf16 autocast is emulated and slow, docs/performance.md "Generation")."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and "fbgemm" in torch.backends.quantized.supported_engines
+        and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    )
+
+
+def _projection(
+    modules: list[nn.Module], dtype: torch.dtype, fold: bool = False, fp16: bool = False
+) -> _Projection | None:
+    """The modules as one projection in ``dtype``; ``fold``: LoRA adapters added into the
+    weight copy (W + s B A, computed in fp32), so a step costs what the base model's does;
+    ``fp16``: the weight stored in fp16, computed in fp32 (fbgemm: half the bytes a step
+    streams, relative error of a product ~2e-4)."""
     parts = [_linear_parts(m) for m in modules]
     if any(p is None for p in parts):
         return None
+    if fold:
+        parts = [
+            (w if a is None else torch.addmm(w.float(), b.float(), a.float()), bias, None, None)
+            for w, bias, a, b in parts
+        ]
     weights = [w.to(dtype) for w, _, _, _ in parts]
     weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # no copy of a lone head
     bias = None
@@ -156,7 +197,11 @@ def _projection(modules: list[nn.Module], dtype: torch.dtype) -> _Projection | N
         lora_b = torch.block_diag(
             *[(b if b is not None else w.new_zeros(len(w), 0)).to(dtype) for w, _, _, b in parts]
         )
-    return _Projection(weight, bias, lora_a, lora_b)
+    packed = None
+    if fp16:
+        packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), bias)
+        weight = bias = None  # only the packed copy is read
+    return _Projection(weight, bias, lora_a, lora_b, packed)
 
 
 def _rms_norm(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -196,7 +241,8 @@ class DecodePlan:
     def step(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, cache):
         """Logits [B, V] (fp32) for one new token per row: ``ids`` [B] at ``positions`` [B];
         ``key_mask`` [B, L + 1] marks the valid cached positions and the new one; ``cache`` is
-        ``reserved_cache``'s, prefilled by the transformers forward (L positions)."""
+        ``reserved_cache``'s, prefilled by the transformers forward (L positions), or any cache
+        whose layers ``append`` a step's keys and values (strop.engine's slots)."""
         b, n_kv, hd, dtype = len(ids), self.kv_heads, self.head_dim, self.dtype
         group = self.heads // n_kv
         h = self.lm.model.embed_tokens(ids)  # [B, d], the residual stream's dtype
@@ -208,18 +254,12 @@ class DecodePlan:
             q = q.view(b, 1, self.heads, hd).transpose(1, 2)
             k = k.view(b, 1, n_kv, hd).transpose(1, 2)
             q, k = self.rotate(q, k, cos, sin)
-            if kv.k_buf.dtype != dtype:  # keys prefilled in the residual dtype: cast once
-                kv.k_buf, kv.v_buf = kv.k_buf.to(dtype), kv.v_buf.to(dtype)
-            end = kv.length + 1
-            kv.k_buf[:, :, kv.length] = k[:, :, 0]
-            kv.v_buf[:, :, kv.length] = v.view(b, n_kv, hd)
-            kv.length = end
-            kv.keys, kv.values = kv.k_buf[:, :, :end], kv.v_buf[:, :, :end]
+            keys, values = kv.append(k[:, :, 0], v.view(b, n_kv, hd), dtype)
             # the G query heads of each key/value head as G query positions: [B, KV, G, hd]
             out = F.scaled_dot_product_attention(
                 q.reshape(b, n_kv, group, hd).to(dtype),
-                kv.keys,
-                kv.values,
+                keys,
+                values,
                 attn_mask=mask,
                 scale=self.scaling,
             )
@@ -231,9 +271,19 @@ class DecodePlan:
         return self.head(x).float()
 
 
-def decode_plan(model: nn.Module, cache, dtype: torch.dtype) -> DecodePlan | None:
+def decode_plan(
+    model: nn.Module,
+    cache,
+    dtype: torch.dtype,
+    fold_adapters: bool = False,
+    fp16_weights: bool = False,
+) -> DecodePlan | None:
     """A DecodePlan for ``model`` computing in ``dtype`` (the autocast dtype, or the model's),
-    or None when the model is anything the lean step does not reproduce exactly."""
+    or None when the model is anything the lean step does not reproduce exactly.
+    ``fold_adapters`` (inference, not RL): LoRA folded into the plan's weight copies; logits
+    then differ from the adapter's forward by round-off only (tests/unit/test_engine.py).
+    ``fp16_weights`` (inference, where ``fp16_weights_available``): every projection and the
+    LM head computed from fp16 copies of their weights (docs/performance.md "Generation")."""
 
     if active_config(model) is not None:  # virtual tokens: peft's own forward
         return None
@@ -248,16 +298,17 @@ def decode_plan(model: nn.Module, cache, dtype: torch.dtype) -> DecodePlan | Non
         or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     ):
         return None
+    half = fp16_weights and fp16_weights_available(next(model.parameters()).device, dtype)
     layers = []
     for layer in lm.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             return None
         parts = (
-            _projection([attn.q_proj, attn.k_proj, attn.v_proj], dtype),
-            _projection([attn.o_proj], dtype),
-            _projection([mlp.gate_proj, mlp.up_proj], dtype),
-            _projection([mlp.down_proj], dtype),
+            _projection([attn.q_proj, attn.k_proj, attn.v_proj], dtype, fold_adapters, half),
+            _projection([attn.o_proj], dtype, fold_adapters, half),
+            _projection([mlp.gate_proj, mlp.up_proj], dtype, fold_adapters, half),
+            _projection([mlp.down_proj], dtype, fold_adapters, half),
         )
         if any(p is None for p in parts):
             return None
@@ -267,7 +318,7 @@ def decode_plan(model: nn.Module, cache, dtype: torch.dtype) -> DecodePlan | Non
         layers.append(
             _Layer(norms[0], parts[0], parts[1], norms[1], parts[2], parts[3], mlp.act_fn)
         )
-    head = _projection([lm.lm_head], dtype)
+    head = _projection([lm.lm_head], dtype, fold_adapters, half)
     if head is None:
         return None
     return DecodePlan(lm, layers, head, dtype)
