@@ -31,6 +31,9 @@ import torch
 from strop.models.fast_decode import DecodePlan, decode_plan, reserved_cache
 from strop.rollout import _left_pad, sample_tokens
 
+# Shorter shared prefixes are prefilled with each prompt: copying them saves too little.
+MIN_SHARED_PREFIX = 8
+
 
 @dataclass
 class Request:
@@ -104,16 +107,25 @@ class SlotCache:
     def end_step(self) -> None:
         self.lengths[: self.active] += 1
 
-    def admit(self, keys: list[torch.Tensor], values: list[torch.Tensor], widths: list[int]):
+    def admit(
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        widths: list[int],
+        prefix: int = 0,
+    ):
         """Prefilled rows into the next free slots: ``keys``/``values`` per layer
-        [n, KV, W, hd] left-padded, row j's ``widths[j]`` tokens at the end."""
+        [n, KV, prefix + W, hd]: the shared prefix's ``prefix`` columns, then the rows'
+        own tokens left-padded, row j's ``widths[j]`` at the end."""
         w = keys[0].shape[2]
         for j, n in enumerate(widths):
             slot = self.active + j
             for layer, k, v in zip(self.layers, keys, values, strict=True):
-                layer.k_buf[slot, :, :n] = k[j, :, w - n :]
-                layer.v_buf[slot, :, :n] = v[j, :, w - n :]
-            self.lengths[slot] = n
+                layer.k_buf[slot, :, :prefix] = k[j, :, :prefix]
+                layer.v_buf[slot, :, :prefix] = v[j, :, :prefix]
+                layer.k_buf[slot, :, prefix : prefix + n] = k[j, :, w - n :]
+                layer.v_buf[slot, :, prefix : prefix + n] = v[j, :, w - n :]
+            self.lengths[slot] = prefix + n
         self.active += len(widths)
 
     def move(self, src: int, dst: int) -> None:
@@ -171,7 +183,10 @@ class Engine:
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         """Complete every request, admitting them in list order as slots free up.
-        ``on_done(request)`` when one ends; ``on_step(t)`` after decode step t."""
+        ``on_done(request)`` when one ends; ``on_step(t)`` after decode step t. A prefix every
+        prompt shares (a system prompt: 90 of the quickstart's ~195 tokens) is prefilled once
+        and its keys and values copied into each slot; only the rest of a prompt is
+        prefilled with it."""
         t0 = time.perf_counter()
         cache, slots = self.cache, len(self.cache.lengths)
         for r in requests:
@@ -184,6 +199,8 @@ class Engine:
         logits = None
         prefill_s, steps = 0.0, 0
         try:
+            self._prefix = self._prefill_prefix(requests, pad_id)
+            prefill_s = time.perf_counter() - t0
             while waiting or rows:
                 if waiting and len(rows) < slots:
                     t_pre = time.perf_counter()
@@ -221,14 +238,39 @@ class Engine:
             "prefill_seconds": prefill_s,
             "decode_steps": steps,
             "new_tokens": sum(len(r.tokens) for r in requests),
+            "shared_prefix_tokens": self._prefix[0] if self._prefix else 0,
         }
 
+    def _prefill_prefix(self, requests: list[Request], pad_id: int):
+        """(length, [(keys, values) per layer] [1, KV, length, hd]) of the longest prefix
+        every prompt shares, leaving each prompt at least one token of its own (its last
+        position gives its first logits); None when shorter than MIN_SHARED_PREFIX."""
+        prompts = [r.prompt for r in requests]
+        if len(prompts) < 2:
+            return None
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+        if n < MIN_SHARED_PREFIX:
+            return None
+        device = self.stop_ids.device
+        ids = torch.tensor([first[:n]], device=device)
+        cache = reserved_cache(self.model, n)
+        self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return n, [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+
     def _prefill(self, new: list[Request], pad_id: int) -> torch.Tensor:
-        """Run the new prompts through the model, copy their keys and values into free slots;
-        their first logits [n, V] (fp32)."""
-        ids, mask = _left_pad([r.prompt for r in new], pad_id, self.stop_ids.device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        cache = reserved_cache(self.model, ids.shape[1])
+        """Run the new prompts (after the shared prefix) through the model, copy their keys
+        and values into free slots; their first logits [n, V] (fp32)."""
+        shared, prefix = self._prefix or (0, [])
+        ids, mask = _left_pad([r.prompt[shared:] for r in new], pad_id, self.stop_ids.device)
+        positions = shared + (mask.cumsum(1) - 1).clamp(min=0)
+        cache = reserved_cache(self.model, shared + ids.shape[1])
+        for layer, (k, v) in zip(cache.layers, prefix, strict=False):
+            layer.update(k.expand(len(new), -1, -1, -1), v.expand(len(new), -1, -1, -1))
+        if shared:  # the prefix, then each row's own tokens after its left padding
+            mask = torch.cat([mask.new_ones(len(new), shared), mask], 1)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -240,7 +282,8 @@ class Engine:
         self.cache.admit(
             [layer.keys for layer in cache.layers],
             [layer.values for layer in cache.layers],
-            [len(r.prompt) for r in new],
+            [len(r.prompt) - shared for r in new],
+            shared,
         )
         return out.logits[:, -1].float()
 

@@ -70,19 +70,26 @@ def _greedy(model, prompt: list[int], stops: list[int], pad: int):
     [("tiny-llama", None), ("tiny-qwen2", None), ("tiny-llama", LORA), ("tiny-qwen2", LORA)],
     ids=["llama", "qwen2", "llama-lora", "qwen2-lora"],  # LoRA folded vs peft's forward
 )
-def test_greedy_continuous_batching_equals_transformers(name, method):
+@pytest.mark.parametrize("shared", [0, 10], ids=["own-prompts", "shared-prefix"])
+def test_greedy_continuous_batching_equals_transformers(name, method, shared):
     model, tok = _model(name, method)
-    prompts, pad = _prompts(), tok.pad_token_id
+    prefix = list(range(40, 40 + shared))  # a system prompt all prompts start with
+    prompts, pad = [prefix + p for p in _prompts()], tok.pad_token_id
     free = [_greedy(model, p, [tok.eos_token_id], pad)[0] for p in prompts]
     # stops that fire mid-reply for some prompts: rows end at different steps, slots are
     # reused, and the last running row moves into a finished one's slot
-    stops = sorted({tok.eos_token_id, free[0][3], free[2][6], free[4][8]})
+    stops = [tok.eos_token_id]
+    for t in (free[0][3], free[2][6], free[4][8], free[1][5]):
+        if sum(any(x in stops + [t] for x in f) for f in free) < len(free):  # some run on
+            stops.append(t)
     want = [_greedy(model, p, stops, pad) for p in prompts]
     ended = [w[-1] in stops for w, _ in want]
     assert 0 < sum(ended) < len(prompts) and len({len(w) for w, _ in want}) > 2  # the premise
-    engine = Engine.create(model, 2, max(LENS) + NEW, stops, fp16_weights=False)
+    engine = Engine.create(model, 2, shared + max(LENS) + NEW, stops, fp16_weights=False)
     requests = [Request(p, NEW) for p in prompts]
     engine.run(requests, pad)
+    # prefilled once, then copied into every slot (shorter prefixes are not shared)
+    assert engine.stats["shared_prefix_tokens"] == shared
     assert [r.tokens for r in requests] == [w for w, _ in want]
     for r, (_, logps) in zip(requests, want, strict=True):
         assert r.finished == (r.tokens[-1] in stops)

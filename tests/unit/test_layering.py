@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
     # sampling, continuous batching, generation, reward models
     ("strop.rollout", "strop.engine", "strop.infer", "strop.reward"),
     ("strop.eval",),
-    ("strop.train", "strop.merge"),  # the loop and objectives; merging (searches with eval)
+    # the loop and objectives; merging (searches with eval); export (GGUF, reuses merge I/O)
+    ("strop.train", "strop.merge", "strop.export"),
     ("strop.commands",),  # one function per verb
     ("strop.cli",),  # the console script
 ]
