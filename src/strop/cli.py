@@ -87,6 +87,30 @@ def merge(
     merge_command(config, overrides or [])
 
 
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="Run dir, adapter dir, HF dir or known model name"),
+    output: str = typer.Option(..., "--output", "-o", help="New directory for the artifacts"),
+    to: str = typer.Option("hf,gguf", "--to", help="Targets, comma-separated: hf, gguf"),
+    quant: str = typer.Option(
+        "f16", "--quant", help="GGUF types, comma-separated: f32, f16, bf16, q8_0, q4_0"
+    ),
+    data: str = typer.Option(
+        None, "--data", help="Held-out JSONL for the quality check (default: a run's eval split)"
+    ),
+    max_ppl_increase: float = typer.Option(
+        0.10, help="Flag a quantised file whose perplexity rises more than this (0.10 = 10%)"
+    ),
+    fail_on_degradation: bool = typer.Option(
+        False, "--fail-on-degradation", help="Exit 1 when a quantised file is flagged"
+    ),
+) -> None:
+    """Export a model or a trained specialist: merged HF dir, GGUF files, a quality report."""
+    from strop.commands.export import export_command
+
+    export_command(source, output, to, quant, data, max_ppl_increase, fail_on_degradation)
+
+
 @data_app.command("inspect")
 def data_inspect(
     config: str = typer.Argument(..., help="YAML config file"),
