@@ -168,3 +168,26 @@ def strop_error(args: list[str], code: int, timeout: float = 300) -> str:
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     return next(x for x in done.stderr.splitlines() if x.startswith("strop: error: "))
+
+
+def eval_model(name: str, method: dict | None = None, bf16: bool = False):
+    """(model in eval mode, tokenizer): a tiny model seeded 0, with ``method`` applied (a
+    LoRA's B drawn from N(0, 0.05): a trained adapter, not the B = 0 start); ``bf16``: frozen
+    linear weights cast to bf16, as training under autocast holds them."""
+    import torch
+
+    from strop.models.load import frozen_linears_to, load_model
+    from strop.models.transforms import parse_method
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model(name, "fp32")
+    if method:
+        transform, params = parse_method(method)
+        model = transform.apply(model, params)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+    if bf16:
+        frozen_linears_to(model, torch.bfloat16)
+    return model.eval(), tok

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from strop.models.fast_decode import DecodePlan, decode_plan, reserved_cache
-from strop.rollout import _left_pad, sample_tokens
+from strop.rollout import left_pad, prefill, sample_tokens, step_dtype
 
 # Shorter shared prefixes are prefilled with each prompt: copying them saves too little.
 MIN_SHARED_PREFIX = 8
@@ -162,11 +162,7 @@ class Engine:
         if not getattr(probe, "reserved", False):  # sliding windows, linear attention, ...
             return None
         device = next(model.parameters()).device
-        dtype = (
-            torch.get_autocast_dtype(device.type)
-            if torch.is_autocast_enabled(device.type)
-            else model.get_input_embeddings().weight.dtype
-        )
+        dtype = step_dtype(model)
         cache = SlotCache(model, slots, capacity, dtype)
         plan = decode_plan(model, cache, dtype, fold_adapters, fp16_weights)
         if plan is None:
@@ -264,28 +260,21 @@ class Engine:
         """Run the new prompts (after the shared prefix) through the model, copy their keys
         and values into free slots; their first logits [n, V] (fp32)."""
         shared, prefix = self._prefix or (0, [])
-        ids, mask = _left_pad([r.prompt[shared:] for r in new], pad_id, self.stop_ids.device)
+        ids, mask = left_pad([r.prompt[shared:] for r in new], pad_id, self.stop_ids.device)
         positions = shared + (mask.cumsum(1) - 1).clamp(min=0)
         cache = reserved_cache(self.model, shared + ids.shape[1])
         for layer, (k, v) in zip(cache.layers, prefix, strict=False):
             layer.update(k.expand(len(new), -1, -1, -1), v.expand(len(new), -1, -1, -1))
         if shared:  # the prefix, then each row's own tokens after its left padding
             mask = torch.cat([mask.new_ones(len(new), shared), mask], 1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        logits = prefill(self.model, ids, mask, positions, cache)
         self.cache.admit(
             [layer.keys for layer in cache.layers],
             [layer.values for layer in cache.layers],
             [len(r.prompt) - shared for r in new],
             shared,
         )
-        return out.logits[:, -1].float()
+        return logits
 
     def _sample(self, rows: list[Request], logits: torch.Tensor) -> tuple[torch.Tensor, list]:
         """Every running row's next token (each request's own temperature, top_p and

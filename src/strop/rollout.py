@@ -48,7 +48,7 @@ class Rollout:
     stats: dict = field(default_factory=dict)
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -93,6 +93,29 @@ def sample_tokens(
         idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=z.shape[-1] - 1)
         tokens = (idx if order is None else order.gather(1, idx))[:, 0]
     return tokens, (z.gather(1, tokens[:, None]) - lse)[:, 0]
+
+
+def step_dtype(model) -> torch.dtype:
+    """What a decode step computes in: the autocast dtype when autocast is on, else the
+    model's (its input embeddings')."""
+    device = next(model.parameters()).device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return model.get_input_embeddings().weight.dtype
+
+
+def prefill(model, ids, mask, positions, cache) -> torch.Tensor:
+    """Run left-padded prompts through the model into ``cache``; the logits of each row's
+    last position [B, V] (fp32), the LM head applied there only."""
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float()
 
 
 @contextmanager
@@ -171,24 +194,14 @@ def _sample(
     model.eval()
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(seed)
-    ids, mask = _left_pad(prompts, pad_id, device)
+    ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     cache = reserved_cache(model, ids.shape[1] + max_new_tokens)
-    dtype = (
-        torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-    )
-    plan = decode_plan(model, cache, dtype or model.get_input_embeddings().weight.dtype)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    plan = decode_plan(model, cache, step_dtype(model))
+    logits = prefill(model, ids, mask, positions, cache)
     # One prefill per prompt; the group's completions share it.
     cache.batch_repeat_interleave(group_size)
-    logits = out.logits[:, -1].float().repeat_interleave(group_size, 0)
+    logits = logits.repeat_interleave(group_size, 0)
     mask = mask.repeat_interleave(group_size, 0)
     next_pos = positions[:, -1].repeat_interleave(group_size, 0) + 1
     n = len(prompts) * group_size

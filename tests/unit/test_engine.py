@@ -14,25 +14,11 @@ from strop.engine import Engine, Request
 from strop.errors import StropError
 from strop.infer import GenerationParams, generate
 from strop.models.fast_decode import fp16_weights_available, reserved_cache
-from strop.models.load import load_model
-from strop.models.transforms import parse_method
+from tests.helpers import eval_model
 
 LORA = {"name": "lora", "r": 4, "alpha": 8}
 LENS = [2, 30, 7, 18, 4, 12]  # prompt lengths, mixed so short and long ones share steps
 NEW = 12
-
-
-def _model(name: str, method: dict | None = None):
-    torch.manual_seed(0)
-    model, tok, _ = load_model(name, "fp32")
-    if method:
-        transform, params = parse_method(method)
-        model = transform.apply(model, params)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.05)  # a trained adapter, not the B = 0 start
-    return model.eval(), tok
 
 
 def _prompts(lens: list[int] = LENS) -> list[list[int]]:
@@ -72,7 +58,7 @@ def _greedy(model, prompt: list[int], stops: list[int], pad: int):
 )
 @pytest.mark.parametrize("shared", [0, 10], ids=["own-prompts", "shared-prefix"])
 def test_greedy_continuous_batching_equals_transformers(name, method, shared):
-    model, tok = _model(name, method)
+    model, tok = eval_model(name, method)
     prefix = list(range(40, 40 + shared))  # a system prompt all prompts start with
     prompts, pad = [prefix + p for p in _prompts()], tok.pad_token_id
     free = [_greedy(model, p, [tok.eos_token_id], pad)[0] for p in prompts]
@@ -100,7 +86,7 @@ def test_greedy_continuous_batching_equals_transformers(name, method, shared):
 
 
 def test_logps_are_the_models_log_softmax():
-    model, tok = _model("tiny-llama", LORA)
+    model, tok = eval_model("tiny-llama", LORA)
     prompts = _prompts()
     temps = [1.0, 0.7] * 3  # two sampling groups in one step
     requests = [
@@ -122,7 +108,7 @@ def test_logps_are_the_models_log_softmax():
 
 
 def test_a_sampled_reply_depends_on_its_seed_not_on_its_neighbours():
-    model, tok = _model("tiny-qwen2")
+    model, tok = eval_model("tiny-qwen2")
     prompts = _prompts([3, 25, 9, 14, 5])
 
     def run(slots: int, which, seed: int = 10) -> dict[int, list[int]]:
@@ -140,7 +126,7 @@ def test_a_sampled_reply_depends_on_its_seed_not_on_its_neighbours():
 def test_fp16_weights_stay_within_their_round_off():
     if not fp16_weights_available(torch.device("cpu"), torch.float32):
         pytest.skip("fbgemm fp16 linear needs an x86 CPU with AVX2")
-    model, tok = _model("tiny-llama")
+    model, tok = eval_model("tiny-llama")
     torch.manual_seed(1)
     b, width = 4, 9
     ids, new = torch.randint(3, 200, (b, width)), torch.randint(3, 200, (b,))
@@ -167,7 +153,7 @@ def test_fp16_weights_stay_within_their_round_off():
 
 
 def test_models_without_a_lean_step_keep_the_static_path(monkeypatch):
-    model, tok = _model("tiny-llama", {"name": "dora", "r": 4})
+    model, tok = eval_model("tiny-llama", {"name": "dora", "r": 4})
     assert Engine.create(model, 2, 16, [tok.eos_token_id]) is None
     calls = []
     static = infer._generate_static
@@ -177,6 +163,6 @@ def test_models_without_a_lean_step_keep_the_static_path(monkeypatch):
 
 
 def test_unknown_weights_are_refused():
-    model, tok = _model("tiny-llama")
+    model, tok = eval_model("tiny-llama")
     with pytest.raises(StropError, match="weights"):
         generate(model, tok, ["hi"], GenerationParams(weights="bogus"))

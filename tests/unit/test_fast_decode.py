@@ -13,32 +13,16 @@ import torch
 
 import strop.rollout as rollout
 from strop.models.fast_decode import decode_plan, reserved_cache
-from strop.models.load import frozen_linears_to, load_model
-from strop.models.transforms import parse_method
+from tests.helpers import eval_model
 
 LORA = {"name": "lora", "r": 4, "alpha": 8}
-
-
-def _model(name: str, method: dict | None, bf16: bool):
-    torch.manual_seed(0)
-    model, tok, _ = load_model(name, "fp32")
-    if method:
-        transform, params = parse_method(method)
-        model = transform.apply(model, params)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.05)  # a trained adapter, not the B = 0 start
-    if bf16:
-        frozen_linears_to(model, torch.bfloat16)
-    return model.eval(), tok
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("method", [None, LORA], ids=["full", "lora"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 def test_decode_step_logits_equal_transformers(name, method, bf16):
-    model, _ = _model(name, method, bf16)
+    model, _ = eval_model(name, method, bf16)
     b, width, cap = 5, 7, 12
     torch.manual_seed(1)
     ids = torch.randint(3, 200, (b, width))
@@ -75,7 +59,7 @@ def test_decode_step_logits_equal_transformers(name, method, bf16):
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_rollouts_through_the_plan_equal_rollouts_through_transformers(bf16, monkeypatch):
-    model, tok = _model("tiny-llama", LORA, bf16)
+    model, tok = eval_model("tiny-llama", LORA, bf16)
     prompts = [tok(t)["input_ids"] for t in ("alpha beta", "one two three four five", "red")]
     args = (prompts, 3, 10, [tok.eos_token_id], tok.pad_token_id, 1.0, 1.0, 4)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -101,7 +85,7 @@ def test_models_the_step_cannot_reproduce_get_no_plan(variant):
         "ia3": {"name": "ia3"},
         "prompt": {"name": "prompt", "virtual_tokens": 4},
     }
-    model, _ = _model("tiny-llama", methods.get(variant), False)
+    model, _ = eval_model("tiny-llama", methods.get(variant), False)
     if variant == "hook":
         model.model.layers[1].mlp.register_forward_hook(lambda m, i, o: o * 2)
     if variant == "head-hook":
