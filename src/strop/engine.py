@@ -33,6 +33,16 @@ from strop.rollout import left_pad, prefill, sample_tokens, step_dtype
 
 # Shorter shared prefixes are prefilled with each prompt: copying them saves too little.
 MIN_SHARED_PREFIX = 8
+# The slots' keys and values stay under this; an engine asked for more rows gets fewer.
+KV_BUDGET_BYTES = 4 << 30
+
+
+def kv_bytes_per_token(model, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token takes in every layer."""
+    cfg = model.config
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    size = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * hd * size
 
 
 @dataclass
@@ -163,6 +173,9 @@ class Engine:
             return None
         device = next(model.parameters()).device
         dtype = step_dtype(model)
+        # fewer rows rather than a cache that does not fit (a 7B model's fp32 keys and values
+        # take 256 KiB per token: 32 rows of 2,300 tokens would be 19 GiB)
+        slots = max(1, min(slots, KV_BUDGET_BYTES // (capacity * kv_bytes_per_token(model, dtype))))
         cache = SlotCache(model, slots, capacity, dtype)
         plan = decode_plan(model, cache, dtype, fold_adapters, fp16_weights)
         if plan is None:

@@ -166,3 +166,21 @@ def test_unknown_weights_are_refused():
     model, tok = eval_model("tiny-llama")
     with pytest.raises(StropError, match="weights"):
         generate(model, tok, ["hi"], GenerationParams(weights="bogus"))
+
+
+def test_rows_shrink_to_fit_the_kv_budget(monkeypatch):
+    import strop.engine as engine_mod
+
+    model, tok = eval_model("tiny-llama")
+    prompts, cap = _prompts(), max(LENS) + NEW
+    per_row = cap * engine_mod.kv_bytes_per_token(model, torch.float32)
+    wide = Engine.create(model, 4, cap, [tok.eos_token_id])
+    monkeypatch.setattr(engine_mod, "KV_BUDGET_BYTES", 2 * per_row + 1)
+    narrow = Engine.create(model, 4, cap, [tok.eos_token_id])
+    assert len(wide.cache.lengths) == 4 and len(narrow.cache.lengths) == 2
+    runs = []
+    for engine in (wide, narrow):
+        requests = [Request(p, NEW) for p in prompts]
+        engine.run(requests, tok.pad_token_id)
+        runs.append([r.tokens for r in requests])
+    assert runs[0] == runs[1]
