@@ -106,11 +106,23 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         return path
     if path.is_dir() and (path / "adapter_config.json").exists():
         raise StropError(f"{path} is an adapter dir; pass its base as --model and it as --adapter")
+    moved = _known_cache_dir(path)
+    if moved is not None:
+        return resolve_model(moved)
     names = ", ".join(KNOWN_MODELS)
     raise StropError(
         f"unknown model {key!r}: not a known name ({names}), an HF dir with config.json, "
         "or a .gguf file"
     )
+
+
+def _known_cache_dir(path: Path) -> str | None:
+    """The known model whose materialised dir ``path`` was, when it no longer exists: adapters
+    record their base as that absolute dir, which a changed or emptied STROP_CACHE removes.
+    The same name and cache version rebuild the same weights."""
+    if path.exists() or path.parent.name != "models":
+        return None
+    return next((n for n in KNOWN_MODELS if path.name == f"{n}-{CACHE_VERSION}"), None)
 
 
 def _materialise(name: str, build: Callable[[Path], None]) -> Path:
