@@ -98,6 +98,7 @@ def test_cli_export_flags_degradation_and_refuses_bad_input(tmp_path):
         (ExportRequest("tiny-llama", tmp_path / "z", ["onnx"]), ("--to", "onnx")),
         (ExportRequest("tiny-llama", out), ("not an empty directory",)),
         (ExportRequest(str(tmp_path / "nothing"), tmp_path / "z"), ("not found",)),
+        (ExportRequest("tiny-llama", tmp_path / "z", data=tmp_path / "no.jsonl"), ("--data",)),
     ]:
         with pytest.raises(StropError) as err:
             run_export(req, log=lambda m: None)

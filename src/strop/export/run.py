@@ -54,6 +54,8 @@ def check_request(req: ExportRequest) -> None:
     if "gguf" in req.targets:
         for q in req.quants:
             _check_quant(q)
+    if req.data is not None and not req.data.is_file():
+        raise StropError(f"--data: {req.data} is not a file")
     if req.output.exists() and (not req.output.is_dir() or any(req.output.iterdir())):
         raise StropError(f"--output: {req.output} exists and is not an empty directory")
 
@@ -77,7 +79,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> dict:
         report["targets"] = {}
         if "hf" in req.targets:
             report["targets"]["hf"] = {**_dir_summary(hf), "write_seconds": merged_s}
-        data = req.data or _run_eval_split(req.source)
+        measure = _Quality(hf, req.data or _run_eval_split(req.source), req.max_ppl_increase, log)
         for q in req.quants if "gguf" in req.targets else []:
             out = work / "gguf" / f"{name}-{q}.gguf"
             out.parent.mkdir(exist_ok=True)
@@ -87,7 +89,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> dict:
             entry = {"file": f"gguf/{out.name}", "bytes": out.stat().st_size, **summary}
             entry["write_seconds"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            entry["quality"] = _quality(hf, out, data, req.max_ppl_increase, log)
+            entry["quality"] = measure(out)
             entry["quality_seconds"] = round(time.perf_counter() - t0, 1)
             report["targets"][f"gguf-{q}"] = entry
         if "hf" not in req.targets:
@@ -107,24 +109,36 @@ def degraded(report: dict) -> list[str]:
     ]
 
 
-def _quality(hf: Path, gguf_file: Path, data: Path | None, bound: float, log) -> dict:
-    if data is None:
-        why = "no held-out data: pass --data FILE.jsonl (a run dir's eval split is the default)"
-        return {"skipped": why}
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class _Quality:
+    """Measures GGUF files against the merged model on held-out rows; the model and the rows
+    are loaded once, at the first file."""
 
-    tok = AutoTokenizer.from_pretrained(hf)
-    sequences = quality.held_out_sequences(data, tok)
-    reference = AutoModelForCausalLM.from_pretrained(hf, dtype="float32").eval()
-    candidate = AutoModelForCausalLM.from_pretrained(
-        gguf_file.parent, gguf_file=gguf_file.name, dtype="float32"
-    ).eval()
-    log(f"measuring {gguf_file.name} against the merged model on {len(sequences)} rows of {data}")
-    metrics = quality.compare(reference, candidate, sequences)
-    metrics["data"] = str(data)
-    metrics["flagged"] = metrics["ppl_delta_rel"] > bound
-    metrics["bound"] = bound
-    return metrics
+    def __init__(self, hf: Path, data: Path | None, bound: float, log):
+        self.hf, self.data, self.bound, self.log = hf, data, bound, log
+        self.reference = self.sequences = None
+
+    def __call__(self, gguf_file: Path) -> dict:
+        if self.data is None:
+            why = "no held-out data: pass --data FILE.jsonl (a run dir's eval split is the default)"
+            return {"skipped": why}
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.reference is None:
+            self.sequences = quality.held_out_sequences(
+                self.data, AutoTokenizer.from_pretrained(self.hf)
+            )
+            self.reference = AutoModelForCausalLM.from_pretrained(self.hf, dtype="float32")
+            self.reference.eval()
+        candidate = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype="float32"
+        ).eval()
+        n = len(self.sequences)
+        self.log(f"measuring {gguf_file.name} against the merged model on {n} rows of {self.data}")
+        metrics = quality.compare(self.reference, candidate, self.sequences)
+        metrics["data"] = str(self.data)
+        metrics["flagged"] = metrics["ppl_delta_rel"] > self.bound
+        metrics["bound"] = self.bound
+        return metrics
 
 
 def _write_generation_config(hf: Path) -> list[int]:
