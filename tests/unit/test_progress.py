@@ -68,4 +68,4 @@ def test_a_long_batch_reports_from_inside_its_decode_loop(capsys, tiny_llama_dir
     finally:
         progress.Progress.__init__ = original
     err = capsys.readouterr().err
-    assert "answering: 0/2 prompts (0%)" in err and "; batch 1/1: token 1/6" in err
+    assert "answering: 0/2 prompts (0%)" in err and "; decode step 1" in err
