@@ -40,9 +40,12 @@ KV_BUDGET_BYTES = 4 << 30
 def kv_bytes_per_token(model, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token takes in every layer."""
     cfg = model.config
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     size = torch.empty((), dtype=dtype).element_size()
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * hd * size
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim(cfg) * size
+
+
+def head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
 @dataclass
@@ -86,7 +89,7 @@ class SlotCache:
     def __init__(self, model, slots: int, capacity: int, dtype: torch.dtype):
         cfg = model.config
         kv = cfg.num_key_value_heads
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        hd = head_dim(cfg)
         device = next(model.parameters()).device
         shape = (slots, kv, capacity, hd)
         self.layers = [
